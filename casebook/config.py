@@ -1,0 +1,77 @@
+"""The one settings object, read from CASEBOOK_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_FILE_NAME = 'storage-secret'  # noqa: S105 (a file name, not a secret)
+
+
+class Settings(BaseSettings):
+    """Casebook's configuration; every field is read from `CASEBOOK_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix='CASEBOOK_', extra='ignore')
+
+    data_dir: Path = Field(Path('./data'), description='Database, NiceGUI storage and the generated secret.')
+    database_url: str | None = Field(None, description='SQLAlchemy async URL; default SQLite in the data dir.')
+    redis_url: str | None = Field(None, description='Redis for shared storage and live updates; unset: one instance.')
+    storage_secret: SecretStr | None = Field(None, description='Signs the session cookie; unset: generated once.')
+    idle_timeout_minutes: int = Field(15, ge=1, le=24 * 60, description='Automatic logoff after inactivity.')
+    session_max_hours: int = Field(12, ge=1, le=24 * 30, description='Re-login required after this long.')
+    open_registration: bool = Field(False, description='Let anyone create an account after the first one.')
+    https: bool = Field(False, description='Served behind a TLS proxy: Secure cookies and HSTS.')
+
+    @field_validator('data_dir')
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or SQLite inside the data dir."""
+        return self.database_url or f'sqlite+aiosqlite:///{self.data_dir / "casebook.sqlite3"}'
+
+    @property
+    def storage_path(self) -> Path:
+        """Where NiceGUI keeps its per-browser storage files."""
+        return self.data_dir / 'nicegui'
+
+    @cached_property
+    def secret(self) -> str:
+        """The storage secret: given, or generated on first use and kept in the data dir with mode 0600."""
+        if self.storage_secret is not None:
+            return self.storage_secret.get_secret_value()
+        return _read_or_create_secret(self.data_dir / SECRET_FILE_NAME)
+
+    def prepare_data_dir(self) -> None:
+        """Create the data dir (private to this user) and NiceGUI's storage folder inside it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.storage_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _read_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text(encoding='ascii').strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}')
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, 'w', encoding='ascii') as file:
+        file.write(secrets.token_urlsafe(48) + '\n')
+    try:  # a hard link appears complete or not at all; when two processes start at once, one secret wins
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+    return path.read_text(encoding='ascii').strip()
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment."""
+    return Settings()

@@ -1,0 +1,134 @@
+"""Database tables. Messages are append-only: nothing here is ever updated or deleted in place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Integer on SQLite so the primary key is the rowid alias (autoincrement); 64-bit elsewhere.
+BigId = BigInteger().with_variant(Integer(), 'sqlite')
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC and always returns them aware, on SQLite too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError('naive datetime given; Casebook stores UTC only')
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == 'sqlite' else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            'ix': 'ix_%(column_0_label)s',
+            'uq': 'uq_%(table_name)s_%(column_0_name)s',
+            'ck': 'ck_%(table_name)s_%(constraint_name)s',
+            'fk': 'fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s',
+            'pk': 'pk_%(table_name)s',
+        }
+    )
+
+
+class Installation(Base):
+    """One row once the first account exists; its primary key makes the first-run race safe."""
+
+    __tablename__ = 'installation'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (CheckConstraint('id = 1', name='single_row'),)
+
+
+class Clinician(Base):
+    __tablename__ = 'clinicians'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (CheckConstraint("role IN ('doctor', 'nurse', 'admin')", name='role'),)
+
+
+class AuthSession(Base):
+    """A server-side sign-in; browsers hold only the token, the database holds its SHA-256."""
+
+    __tablename__ = 'auth_sessions'
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    clinician_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    user_agent: Mapped[str] = mapped_column(String(256), default='')
+    address: Mapped[str] = mapped_column(String(64), default='')
+
+
+class Conversation(Base):
+    """One per clinician and patient: the clinician's private notes about that patient."""
+
+    __tablename__ = 'conversations'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clinician_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    __table_args__ = (
+        UniqueConstraint('clinician_id', 'patient_id', name='uq_conversations_clinician_patient'),
+        Index('ix_conversations_recent', 'clinician_id', 'last_opened_at'),
+    )
+
+
+class Message(Base):
+    __tablename__ = 'messages'
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey('conversations.id'))
+    client_id: Mapped[str] = mapped_column(String(36))
+    author_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'))
+    sender_role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (
+        # a retried send carries the same client id, so it is stored once
+        UniqueConstraint('conversation_id', 'client_id', name='uq_messages_conversation_client'),
+        # keyset pagination: the latest page of a conversation, then the ones before it
+        Index('ix_messages_conversation_id_id', 'conversation_id', 'id'),
+    )

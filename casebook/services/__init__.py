@@ -1,0 +1,1 @@
+"""The domain: every rule of Casebook lives here. Imports neither NiceGUI nor FastAPI."""

@@ -1,0 +1,192 @@
+"""Patients' conversations: opening one, the recent list, reading pages of messages, appending one."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from casebook.models import Clinician, Conversation, Message, utcnow
+from casebook.services.accounts import ClinicianInfo
+from casebook.services.errors import InvalidInput, NotFound
+
+PATIENT_ID_PATTERN = re.compile(r'[A-Za-z0-9._-]{1,64}')
+MESSAGE_MAX = 10_000
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    id: int
+    patient_id: str
+    last_opened_at: datetime
+    last_message_at: datetime | None
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    id: int
+    conversation_id: int
+    client_id: str
+    author_name: str
+    sender_role: str
+    text: str
+    sent_at: datetime
+
+
+def normalize_patient_id(raw: str) -> str:
+    """Trimmed; 1–64 letters, digits, `.`, `_` or `-`; anything else is refused with the reason."""
+    patient_id = (raw or '').strip()
+    if not patient_id:
+        raise InvalidInput('Patient ID: please enter one.')
+    if len(patient_id) > 64:
+        raise InvalidInput(f'Patient ID: at most 64 characters (this one has {len(patient_id)}).')
+    if not PATIENT_ID_PATTERN.fullmatch(patient_id):
+        raise InvalidInput('Patient ID: only letters, digits, ".", "_" and "-" are allowed.')
+    return patient_id
+
+
+def normalize_message(raw: str) -> str:
+    """Surrounding whitespace trimmed; refused when empty, over the limit, or holding NUL characters."""
+    text = (raw or '').strip()
+    if not text:
+        raise InvalidInput('The message is empty.')
+    if len(text) > MESSAGE_MAX:
+        raise InvalidInput(
+            f'The message has {len(text):,} characters; the limit is {MESSAGE_MAX:,}. Your text is still in the box.'
+        )
+    if '\x00' in text:
+        raise InvalidInput(
+            'The message contains a NUL character, which cannot be stored. Your text is still in the box.'
+        )
+    return text
+
+
+def _check_client_id(client_id: str) -> str:
+    try:
+        return str(uuid.UUID(client_id))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise InvalidInput('The message carries a malformed id.') from error
+
+
+def _conversation_info(conversation: Conversation) -> ConversationInfo:
+    return ConversationInfo(
+        conversation.id, conversation.patient_id, conversation.last_opened_at, conversation.last_message_at
+    )
+
+
+async def open_conversation(session: AsyncSession, *, clinician: ClinicianInfo, patient_id: str) -> ConversationInfo:
+    """The clinician's conversation about this patient, started if new, and marked as just opened."""
+    patient_id = normalize_patient_id(patient_id)
+    query = select(Conversation).where(Conversation.clinician_id == clinician.id, Conversation.patient_id == patient_id)
+    conversation = await session.scalar(query)
+    if conversation is None:
+        conversation = Conversation(clinician_id=clinician.id, patient_id=patient_id)
+        session.add(conversation)
+        try:
+            await session.commit()
+        except IntegrityError:  # opened in another tab at the same moment
+            await session.rollback()
+            conversation = await session.scalar(query)
+            if conversation is None:
+                raise
+    conversation.last_opened_at = utcnow()
+    await session.commit()
+    return _conversation_info(conversation)
+
+
+async def recent_conversations(
+    session: AsyncSession, *, clinician: ClinicianInfo, limit: int = 10
+) -> list[ConversationInfo]:
+    """The clinician's most recently opened patients, newest first."""
+    rows = await session.scalars(
+        select(Conversation)
+        .where(Conversation.clinician_id == clinician.id)
+        .order_by(Conversation.last_opened_at.desc(), Conversation.id.desc())
+        .limit(limit)
+    )
+    return [_conversation_info(row) for row in rows]
+
+
+async def _owned(session: AsyncSession, clinician: ClinicianInfo, conversation_id: int) -> Conversation:
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or conversation.clinician_id != clinician.id:
+        raise NotFound('No such conversation.')
+    return conversation
+
+
+def _message_query():
+    return select(Message, Clinician.display_name).join(Clinician, Clinician.id == Message.author_id)
+
+
+def _message_info(message: Message, author_name: str) -> MessageInfo:
+    return MessageInfo(
+        message.id,
+        message.conversation_id,
+        message.client_id,
+        author_name,
+        message.sender_role,
+        message.text,
+        message.sent_at,
+    )
+
+
+async def latest_messages(
+    session: AsyncSession,
+    *,
+    clinician: ClinicianInfo,
+    conversation_id: int,
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> list[MessageInfo]:
+    """Up to `limit` messages before `before_id` (or the newest), oldest first; keyset, never OFFSET."""
+    await _owned(session, clinician, conversation_id)
+    query = _message_query().where(Message.conversation_id == conversation_id)
+    if before_id is not None:
+        query = query.where(Message.id < before_id)
+    rows = (await session.execute(query.order_by(Message.id.desc()).limit(limit))).all()
+    return [_message_info(message, name) for message, name in reversed(rows)]
+
+
+async def post_message(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, client_id: str, text: str
+) -> tuple[MessageInfo, bool]:
+    """Append a message; a retry with the same client id returns the stored one. True when newly stored."""
+    text = normalize_message(text)
+    client_id = _check_client_id(client_id)
+    conversation = await _owned(session, clinician, conversation_id)
+    if (existing := await _by_client_id(session, conversation_id, client_id)) is not None:
+        return existing, False
+    now = utcnow()
+    message = Message(
+        conversation_id=conversation_id,
+        client_id=client_id,
+        author_id=clinician.id,
+        sender_role=clinician.sender_role,
+        text=text,
+        sent_at=now,
+    )
+    session.add(message)
+    conversation.last_message_at = now
+    try:
+        await session.commit()
+    except IntegrityError:  # the same send raced itself (double click, reconnect): keep the first
+        await session.rollback()
+        if (existing := await _by_client_id(session, conversation_id, client_id)) is not None:
+            return existing, False
+        raise
+    return _message_info(message, clinician.display_name), True
+
+
+async def _by_client_id(session: AsyncSession, conversation_id: int, client_id: str) -> MessageInfo | None:
+    row = (
+        await session.execute(
+            _message_query().where(Message.conversation_id == conversation_id, Message.client_id == client_id)
+        )
+    ).first()
+    return _message_info(*row) if row is not None else None

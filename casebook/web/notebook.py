@@ -1,0 +1,129 @@
+"""The small per-browser notebook kept in `app.storage.user`: a session token, the open patient, drafts.
+
+Whatever is found there is checked before use: missing, outdated (the lesson's `conversation` list) or
+corrupt values are dropped, never trusted, so a bad storage file signs the browser out and crashes nothing.
+Conversations never live here; they are in the database.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+from casebook.services.conversations import MESSAGE_MAX, PATIENT_ID_PATTERN
+
+SESSION = 'session'
+CLINICIAN = 'clinician_id'
+PATIENT = 'patient_id'
+DRAFTS = 'drafts'
+TIMEZONE = 'timezone'
+KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE}
+MAX_DRAFTS = 20  # drafts of this many patients at most; the oldest are dropped first
+TIMEZONE_PATTERN = re.compile(r'[A-Za-z0-9_+\-/]{1,64}')
+
+
+class Notebook:
+    """Typed, validated access to one browser's `app.storage.user`."""
+
+    def __init__(self, storage: MutableMapping[str, Any]) -> None:
+        self._storage = storage
+        self._repair()
+
+    def _repair(self) -> None:
+        for key in [key for key in self._storage if key not in KEYS]:
+            del self._storage[key]  # e.g. the lesson's whole-conversation list: never kept here
+        checks = {
+            SESSION: lambda v: isinstance(v, str) and 20 <= len(v) <= 100,
+            CLINICIAN: lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            PATIENT: lambda v: isinstance(v, str) and PATIENT_ID_PATTERN.fullmatch(v) is not None,
+            DRAFTS: lambda v: isinstance(v, dict),
+            TIMEZONE: lambda v: isinstance(v, str) and TIMEZONE_PATTERN.fullmatch(v) is not None,
+        }
+        for key, valid in checks.items():
+            if key in self._storage and not valid(self._storage[key]):
+                del self._storage[key]
+        drafts = self._storage.get(DRAFTS)
+        if drafts is not None:
+            good = {patient: draft for patient, draft in drafts.items() if _valid_draft(patient, draft)}
+            if good != drafts:
+                self._storage[DRAFTS] = good
+
+    @property
+    def token(self) -> str | None:
+        return self._storage.get(SESSION)
+
+    @property
+    def clinician_id(self) -> int | None:
+        return self._storage.get(CLINICIAN)
+
+    def sign_in(self, *, token: str, clinician_id: int) -> None:
+        """Keep the new session; another clinician's open patient and drafts are wiped first."""
+        if self._storage.get(CLINICIAN) != clinician_id:
+            self._storage.clear()
+        self._storage[SESSION] = token
+        self._storage[CLINICIAN] = clinician_id
+
+    def sign_out(self) -> None:
+        """Forget the session; the open patient and drafts stay for the same clinician's next sign-in."""
+        self._storage.pop(SESSION, None)
+
+    @property
+    def patient_id(self) -> str | None:
+        return self._storage.get(PATIENT)
+
+    @patient_id.setter
+    def patient_id(self, value: str) -> None:
+        self._storage[PATIENT] = value
+
+    @property
+    def timezone(self) -> str | None:
+        return self._storage.get(TIMEZONE)
+
+    @timezone.setter
+    def timezone(self, value: str) -> None:
+        if TIMEZONE_PATTERN.fullmatch(value):
+            self._storage[TIMEZONE] = value
+
+    def draft(self, patient_id: str) -> str:
+        return self._storage.get(DRAFTS, {}).get(patient_id, {}).get('text', '')
+
+    def send_id(self, patient_id: str) -> str:
+        """The id the next send of this patient's draft carries; the same on every retry until it is stored."""
+        drafts = dict(self._storage.get(DRAFTS, {}))
+        draft = drafts.get(patient_id) or {'text': ''}
+        if 'id' not in draft:
+            draft = {**draft, 'id': str(uuid.uuid4())}
+            drafts.pop(patient_id, None)
+            drafts[patient_id] = draft
+            self._storage[DRAFTS] = drafts
+        return draft['id']
+
+    def save_draft(self, patient_id: str, text: str) -> None:
+        drafts = dict(self._storage.get(DRAFTS, {}))
+        draft = drafts.pop(patient_id, {})
+        if text or 'id' in draft:
+            drafts[patient_id] = {**draft, 'text': text[: MESSAGE_MAX * 2]}
+        while len(drafts) > MAX_DRAFTS:
+            drafts.pop(next(iter(drafts)))
+        self._storage[DRAFTS] = drafts
+
+    def forget_draft(self, patient_id: str) -> None:
+        """The draft was stored as a message: the next one gets a fresh send id."""
+        drafts = dict(self._storage.get(DRAFTS, {}))
+        if drafts.pop(patient_id, None) is not None:
+            self._storage[DRAFTS] = drafts
+
+
+def _valid_draft(patient_id: object, draft: object) -> bool:
+    if not isinstance(patient_id, str) or not PATIENT_ID_PATTERN.fullmatch(patient_id) or not isinstance(draft, dict):
+        return False
+    if not isinstance(draft.get('text', ''), str) or set(draft) - {'text', 'id'}:
+        return False
+    if 'id' in draft:
+        try:
+            uuid.UUID(draft['id'])
+        except (ValueError, TypeError, AttributeError):
+            return False
+    return True

@@ -1,0 +1,47 @@
+"""Wires the web app: database start-up, headers, pages; `serve` runs it."""
+
+from __future__ import annotations
+
+from nicegui import app, ui
+
+from casebook.config import Settings
+from casebook.db import Database
+from casebook.web import runtime
+from casebook.web.headers import SecurityHeadersMiddleware
+from casebook.web.pages import accounts, workspace
+
+SESSION_COOKIE_DAYS = 30
+
+
+def build(settings: Settings) -> None:
+    """Register everything on NiceGUI's app; callable again in tests (pages are registered anew)."""
+    settings.prepare_data_dir()
+    database = Database(settings.effective_database_url)
+    runtime.install(runtime.Runtime(settings=settings, database=database))
+    app.on_startup(database.migrate)
+    app.on_shutdown(database.dispose)
+    app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
+    accounts.register()
+    workspace.register()
+
+
+def run_options(settings: Settings) -> dict:
+    return {
+        'title': 'Casebook',
+        'language': 'en-US',
+        'storage_secret': settings.secret,
+        'session_middleware_kwargs': {
+            'same_site': 'lax',
+            'https_only': settings.https,
+            'max_age': SESSION_COOKIE_DAYS * 24 * 3600,
+        },
+        'reload': False,
+        'show': False,
+        'show_welcome_message': False,
+        'favicon': '🩺',
+    }
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    build(settings)
+    ui.run(host=host, port=port, uvicorn_logging_level='warning', **run_options(settings))
