@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -47,6 +49,30 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def migrate_blocking(url: str) -> None:
+    """Apply migrations before serving, on a loop of its own (callers may already be inside one)."""
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        database = Database(url)
+        try:
+            await database.migrate()
+        finally:
+            await database.dispose()
+
+    def work() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as error:  # handed to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=work, name='casebook-migrate')
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nicegui import app, ui
 
 from casebook.config import Settings
-from casebook.db import Database
+from casebook.db import Database, migrate_blocking
 from casebook.web import runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, workspace
@@ -16,9 +16,9 @@ SESSION_COOKIE_DAYS = 30
 def build(settings: Settings) -> None:
     """Register everything on NiceGUI's app; callable again in tests (pages are registered anew)."""
     settings.prepare_data_dir()
+    migrate_blocking(settings.effective_database_url)  # before the first request can arrive
     database = Database(settings.effective_database_url)
     runtime.install(runtime.Runtime(settings=settings, database=database))
-    app.on_startup(database.migrate)
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     accounts.register()

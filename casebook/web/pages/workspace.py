@@ -237,6 +237,7 @@ class Workspace:
                     ui.item(on_click=lambda pid=item.patient_id: self._switch(pid))
                     .classes('w-full rounded' + (' bg-blue-100' if current else ''))
                     .props('clickable' + (' aria-current=true' if current else ''))
+                    .mark(f'recent-patient-{item.patient_id}')
                 ):
                     with ui.item_section():
                         ui.item_label(item.patient_id).classes('font-medium')

@@ -1,0 +1,53 @@
+# Casebook — `make run` serves it, `make test` proves it. Both start with `make install` (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install install-test run test test-fast lint format browser clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Casebook needs Python >= 3.11 (set PYTHON=python3.x)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo 'python3 -m venv failed: on Debian/Ubuntu run: apt-get install python3-venv'; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.lock
+	@touch $@
+
+run: install
+	$(BIN)/casebook serve --host $(HOST) --port $(PORT)
+
+# Chromium for the browser tests comes from Debian's packages (Playwright's own download is not used).
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo 'Installing Chromium for the browser tests (apt-get)'; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: install-test browser lint
+	$(BIN)/python -m pytest
+
+# Everything but the real-browser tests: for a quick run while working.
+test-fast: install-test
+	$(BIN)/python -m pytest -m 'not browser'
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

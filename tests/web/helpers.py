@@ -1,0 +1,70 @@
+"""Steps of the user stories, for NiceGUI's simulated `User`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nicegui import ui
+from nicegui.testing import User
+
+from casebook.web import runtime
+from tests.conftest import PASSWORD, add_clinician
+
+
+async def create_first_account(user: User, username: str = 'ada', display_name: str = 'Dr. Ada') -> None:
+    await user.open('/')
+    await user.should_see('Create account')
+    user.find('Username').type(username)
+    user.find('Display name').type(display_name)
+    user.find('Password').type(PASSWORD)
+    user.find(kind=ui.button, content='Create account').click()
+    await user.should_see(f'User: {display_name} | Patient: (not set)')
+
+
+async def add(username: str, display_name: str | None = None, role: str = 'doctor') -> None:
+    """A clinician added by an admin, in the app's own database."""
+    await add_clinician(runtime.current().database, username, display_name=display_name, role=role)
+
+
+async def log_in(user: User, username: str, password: str = PASSWORD) -> None:
+    await user.open('/login')
+    user.find('Username').type(username)
+    user.find('Password').type(password)
+    user.find(kind=ui.button, content='Log in').click()
+
+
+async def open_patient(user: User, patient_id: str, *, enter: bool = False, valid: bool = True) -> None:
+    user.find(kind=ui.input, content='Patient ID').clear().type(patient_id)
+    if enter:
+        user.find(kind=ui.input, content='Patient ID').trigger('keydown.enter')
+    else:
+        user.find(kind=ui.button, content='Open patient').click()
+    if valid:
+        await user.should_see(f'Conversation about {patient_id.strip()}')
+
+
+def send(user: User, text: str, *, enter: bool = False) -> None:
+    user.find(kind=ui.input, content='Type message here').clear().type(text)
+    if enter:
+        user.find(kind=ui.input, content='Type message here').trigger('keydown.enter')
+    else:
+        user.find(kind=ui.button, content='Send').click()
+
+
+def shown_messages(user: User) -> list[str]:
+    """The texts of the messages in the conversation, top to bottom (not the composer's draft)."""
+    texts = []
+    for element in user.client.elements.values():
+        if element.props.get('role') == 'article':
+            labels = [child for child in element.descendants() if isinstance(child, ui.label)]
+            texts.append(labels[-1].text)
+    return texts
+
+
+async def should_see_message(user: User, text: str) -> None:
+    """Wait (up to 5 s) until a message with exactly this text is shown in the conversation."""
+    for _ in range(100):
+        if text in shown_messages(user):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f'message {text!r} not shown; shown: {shown_messages(user)}')
