@@ -36,12 +36,15 @@ async def test_corrupt_storage_file_means_signed_out(user: User, content: str) -
     await should_see_message(user, 'kept in the database')
 
 
-@pytest.mark.parametrize('stored', [
-    {'user_name': 'Dr. Old', 'patient_id': 'PAT123', 'conversation': [{'sender': 'doctor', 'text': 'old'}]},
-    {'session': 12345, 'clinician_id': 'one', 'patient_id': ['PAT123'], 'drafts': 'nope'},
-    {'session': 'x' * 43, 'clinician_id': 1, 'patient_id': '../../etc', 'drafts': {'PAT1': {'text': 5}}},
-    {'session': None, 'timezone': 'Europe/Berlin; alert(1)', 'drafts': {'<b>': {'text': 'x', 'id': 'not-a-uuid'}}},
-])
+@pytest.mark.parametrize(
+    'stored',
+    [
+        {'user_name': 'Dr. Old', 'patient_id': 'PAT123', 'conversation': [{'sender': 'doctor', 'text': 'old'}]},
+        {'session': 12345, 'clinician_id': 'one', 'patient_id': ['PAT123'], 'drafts': 'nope'},
+        {'session': 'x' * 43, 'clinician_id': 1, 'patient_id': '../../etc', 'drafts': {'PAT1': {'text': 5}}},
+        {'session': None, 'timezone': 'Europe/Berlin; alert(1)', 'drafts': {'<b>': {'text': 'x', 'id': 'not-a-uuid'}}},
+    ],
+)
 async def test_outdated_or_tampered_storage_means_signed_out(user: User, stored: dict) -> None:
     await create_first_account(user)
     app.storage.user.clear()

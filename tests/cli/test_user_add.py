@@ -1,0 +1,112 @@
+"""`casebook user add` as an admin types it, against the real database in a fresh data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casebook import cli
+from casebook.db import Database
+from casebook.services import accounts
+from tests.conftest import PASSWORD
+
+CASEBOOK = Path(sys.executable).parent / 'casebook'
+
+
+def run(monkeypatch: pytest.MonkeyPatch, *args: str, stdin: str = '') -> int:
+    monkeypatch.setattr('sys.stdin', io.StringIO(stdin))
+    return cli.main(list(args))
+
+
+def clinician(data_dir: Path, username: str) -> accounts.ClinicianInfo | None:
+    async def find() -> accounts.ClinicianInfo | None:
+        db = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
+        try:
+            async with db.session() as session:
+                return await accounts.find_by_username(session, username)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(find())
+
+
+def test_add_a_clinician_with_the_password_on_stdin(monkeypatch, data_dir, capsys):
+    assert (
+        run(monkeypatch, 'user', 'add', 'Bob', '--display-name', 'Dr. Bob', '--password-stdin', stdin=PASSWORD + '\n')
+        == 0
+    )
+    assert 'added doctor bob (Dr. Bob)' in capsys.readouterr().out
+    added = clinician(data_dir, 'bob')
+    assert added is not None and added.role == 'doctor'
+
+
+def test_roles(monkeypatch, data_dir):
+    for name, role in [('nina', 'nurse'), ('root', 'admin')]:
+        assert (
+            run(
+                monkeypatch,
+                'user',
+                'add',
+                name,
+                '--display-name',
+                name,
+                '--role',
+                role,
+                '--password-stdin',
+                stdin=PASSWORD,
+            )
+            == 0
+        )
+        assert clinician(data_dir, name).role == role
+
+
+@pytest.mark.parametrize(
+    ('args', 'stdin', 'message'),
+    [
+        (['bob', '--display-name', 'Bob', '--password-stdin'], 'short\n', 'at least 12'),
+        (['bob', '--display-name', 'Bob', '--password-stdin'], '', 'no password on stdin'),
+        (['b c', '--display-name', 'Bob', '--password-stdin'], PASSWORD, 'Username'),
+        (['bob', '--display-name', '  ', '--password-stdin'], PASSWORD, 'Display name'),
+        (['bob', '--display-name', 'Bob'], '', 'no terminal'),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_non_zero(monkeypatch, capsys, args, stdin, message):
+    assert run(monkeypatch, 'user', 'add', *args, stdin=stdin) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count('\n') == 1 and err.startswith('casebook: ')
+
+
+def test_a_taken_username_is_refused(monkeypatch, capsys):
+    assert run(monkeypatch, 'user', 'add', 'bob', '--display-name', 'Bob', '--password-stdin', stdin=PASSWORD) == 0
+    assert run(monkeypatch, 'user', 'add', 'BOB', '--display-name', 'Bob', '--password-stdin', stdin=PASSWORD) == 2
+    assert 'taken' in capsys.readouterr().err
+
+
+def test_the_installed_command(data_dir):
+    """The entry point `make install` leaves at .venv/bin/casebook, as a separate process."""
+    env = {**os.environ, 'CASEBOOK_DATA_DIR': str(data_dir)}
+    done = subprocess.run(
+        [CASEBOOK, 'user', 'add', 'ada', '--display-name', 'Dr. Ada', '--role', 'admin', '--password-stdin'],
+        input=PASSWORD,
+        text=True,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (data_dir / 'storage-secret').exists() is False  # the CLI never needs the web secret
+    bad = subprocess.run(
+        [CASEBOOK, 'user', 'add', 'ada', '--display-name', 'X', '--role', 'king'],
+        text=True,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    assert bad.returncode != 0 and 'invalid choice' in bad.stderr
