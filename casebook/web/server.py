@@ -21,6 +21,7 @@ def build(settings: Settings) -> None:
     runtime.install(runtime.Runtime(settings=settings, database=database))
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
+    app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
     accounts.register()
     workspace.register()
 

@@ -1,0 +1,81 @@
+"""Take the README's screenshots from the running app: `.venv/bin/python scripts/screenshot.py`.
+
+Starts Casebook on a throwaway data dir and a free port, walks the main journey in headless Chromium
+(Debian's /usr/bin/chromium) and writes docs/workspace.png (desktop) and docs/workspace-phone.png.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--no-first-run']
+NOTES = [
+    'Mild fever for 3 days, 38.4 °C this morning. No rash.',
+    'Paracetamol 1 g given at 09:10. Fluids encouraged.',
+    'Reviewed at 14:00: temperature 37.6 °C, eating well.\nPlan: repeat bloods tomorrow.',
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    port = free_port()
+    base = f'http://127.0.0.1:{port}'
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**os.environ, 'CASEBOOK_DATA_DIR': data_dir}
+        server = subprocess.Popen([Path(sys.executable).parent / 'casebook', 'serve', '--port', str(port)], env=env)
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(base + '/login', timeout=1)  # noqa: S310 (our own loopback server)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={'width': 1280, 'height': 720})
+                page.goto(base + '/')
+                page.get_by_label('Username').fill('ada')
+                page.get_by_label('Display name').fill('Dr. Ada Lovelace')
+                page.get_by_label('Password').fill('correct horse battery staple')
+                page.get_by_role('button', name='Create account').click()
+                for patient in ('PAT077', 'PAT123'):
+                    page.get_by_label('Patient ID').fill(patient)
+                    page.get_by_role('button', name='Open patient').click()
+                    page.get_by_text(f'Patient: {patient}').wait_for()
+                for note in NOTES:
+                    page.get_by_label('Type message here').fill(note)
+                    page.get_by_role('button', name='Send').click()
+                    page.get_by_text(note.splitlines()[0]).wait_for()
+                page.get_by_label('Type message here').fill('Unsent draft survives a reload')
+                page.wait_for_timeout(500)
+                page.screenshot(path=ROOT / 'docs' / 'workspace.png')
+                phone = browser.new_page(viewport={'width': 390, 'height': 844}, storage_state=page.context.storage_state())
+                phone.goto(base + '/')
+                phone.get_by_text(NOTES[0]).wait_for()
+                phone.wait_for_timeout(500)
+                phone.screenshot(path=ROOT / 'docs' / 'workspace-phone.png')
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    print('wrote docs/workspace.png and docs/workspace-phone.png')
+
+
+if __name__ == '__main__':
+    main()
