@@ -18,8 +18,14 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-                 '--disable-sync', '--no-first-run']
+CHROMIUM_ARGS = [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+]
 NOTES = [
     'Mild fever for 3 days, 38.4 °C this morning. No rash.',
     'Paracetamol 1 g given at 09:10. Fluids encouraged.',
@@ -65,7 +71,9 @@ def main() -> None:
                 page.get_by_label('Type message here').fill('Unsent draft survives a reload')
                 page.wait_for_timeout(500)
                 page.screenshot(path=ROOT / 'docs' / 'workspace.png')
-                phone = browser.new_page(viewport={'width': 390, 'height': 844}, storage_state=page.context.storage_state())
+                phone = browser.new_page(
+                    viewport={'width': 390, 'height': 844}, storage_state=page.context.storage_state()
+                )
                 phone.goto(base + '/')
                 phone.get_by_text(NOTES[0]).wait_for()
                 phone.wait_for_timeout(500)
