@@ -223,3 +223,17 @@ async def test_signed_out_pages_redirect(user: User) -> None:
     await user.should_see('Create the first account')
     await user.open('/login')
     await user.should_see('Create the first account')
+
+
+async def test_display_name_can_be_changed(user: User) -> None:
+    await create_first_account(user)
+    user.find(kind=ui.button, content='Profile').click()
+    await user.should_see('Your profile')
+    user.find(kind=ui.input, content='Display name').clear().type('   ')
+    user.find(kind=ui.button, content='Save').click()
+    await user.should_see('Display name: please enter')
+    user.find(kind=ui.input, content='Display name').clear().type('Dr. Ada King')
+    user.find(kind=ui.button, content='Save').click()
+    await user.should_see('User: Dr. Ada King | Patient: (not set)')
+    await user.open('/')
+    await user.should_see('User: Dr. Ada King | Patient: (not set)')

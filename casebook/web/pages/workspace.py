@@ -7,6 +7,7 @@ acts only on the conversation this tab holds on the server, never on an id sent 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -14,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from nicegui import ui
 from sqlalchemy.exc import SQLAlchemyError
 
-from casebook.services import conversations
+from casebook.services import accounts, conversations
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
@@ -72,6 +73,7 @@ class Workspace:
             heading('Casebook', classes='text-xl font-semibold')
             self.header_label = ui.label().classes('text-base').props('data-testid=workspace-header')
             ui.space()
+            ui.button('Profile', icon='person', on_click=self._edit_profile).props('flat color=white no-caps')
             ui.button('Log out', on_click=self.log_out).props('outline color=white')
             with ui.row().classes('w-full items-start gap-2 no-wrap'):
                 self.patient_input = (
@@ -159,6 +161,34 @@ class Workspace:
     async def log_out(self) -> None:
         await auth.sign_out(self.token)
         ui.navigate.to('/login')
+
+    async def _edit_profile(self) -> None:
+        with ui.dialog() as dialog, ui.card().classes('w-full max-w-sm'):
+            heading('Your profile', level=2, classes='text-lg font-semibold')
+            name = ui.input('Display name', value=self.clinician.display_name).classes('w-full')
+            error = ui.label().props('role=alert').classes('text-red-800 text-sm')
+
+            async def save() -> None:
+                if not await self._still_signed_in():
+                    return
+                try:
+                    async with runtime.current().database.session() as session:
+                        changed = await accounts.change_display_name(
+                            session, clinician_id=self.clinician.id, display_name=name.value
+                        )
+                except CasebookError as refusal:
+                    error.set_text(refusal.message)
+                    return
+                self.signed = replace(self.signed, clinician=changed)
+                self._show_header()
+                dialog.close()
+
+            name.on('keydown.enter', save)
+            with ui.row().classes('w-full justify-end'):
+                ui.button('Cancel', on_click=dialog.close).props('flat')
+                ui.button('Save', on_click=save)
+        dialog.on('hide', dialog.delete)
+        dialog.open()
 
     # ----- drawing ------------------------------------------------------------------------------------
 
