@@ -2,7 +2,7 @@
 
 - `server`: a fresh data dir and a running `casebook serve` on a free port; `stop()` / `start()` restart it.
 - `add_clinician`: adds an account through the real CLI (`casebook user add … --password-stdin`).
-- `browser`: one Chromium per test session (Debian's /usr/bin/chromium; Playwright's download is not used).
+- `browser`: one Chromium for all the browser tests (Debian's /usr/bin/chromium, not Playwright's download).
 - `new_visitor`: a fresh browser context per call — a separate browser with its own cookies, like a second
   computer or a private window — with one page whose console errors, page errors and dialogs are recorded.
 """
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = Path('/usr/bin/chromium')
 CHROMIUM_ARGS = [
@@ -90,7 +91,6 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, which stops the server itself
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
@@ -186,16 +186,29 @@ def add_clinician(server: Server) -> Callable[..., None]:
     return add
 
 
-@pytest.fixture(scope='session')
-def browser():
-    """One headless Chromium for the whole test session."""
+def _skip_without_chromium() -> None:
     if not CHROMIUM.exists():
         pytest.skip(
-            f'CHROMIUM IS MISSING: {CHROMIUM} not found, so the real-browser tests cannot run. '
+            f'CHROMIUM IS MISSING: {CHROMIUM} not found, so the real-browser tests did NOT run. '
             '`make test` installs it (apt-get install chromium).'
         )
-    from playwright.sync_api import expect, sync_playwright
 
+
+@pytest.fixture(autouse=True)
+def _chromium_required() -> None:
+    """Skip loudly, before any server is started, when there is no Chromium to drive."""
+    _skip_without_chromium()
+
+
+@pytest.fixture(scope='package')
+def browser():
+    """One headless Chromium for all the browser tests of a run (in effect, one per test session).
+
+    Package scope, not session scope: while Playwright's sync API is alive, its event loop counts as
+    running in this thread, so every later `asyncio.run()` (the CLI tests) and pytest-asyncio test of
+    the same session would fail. It is closed as soon as the last test of this package is done.
+    """
+    _skip_without_chromium()
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -258,8 +271,6 @@ class Visitor:
     # ----- flows ---------------------------------------------------------------------------------------
 
     def create_first_account(self, username: str, display_name: str, password: str = PASSWORD) -> None:
-        from playwright.sync_api import expect
-
         self.goto('/')
         self.page.get_by_label('Username').fill(username)
         self.page.get_by_label('Display name').fill(display_name)
@@ -268,8 +279,6 @@ class Visitor:
         expect(self.header).to_have_text(f'User: {display_name} | Patient: (not set)')
 
     def log_in(self, username: str, display_name: str, password: str = PASSWORD, patient: str = '(not set)') -> None:
-        from playwright.sync_api import expect
-
         self.goto('/')
         self.page.get_by_label('Username').fill(username)
         self.page.get_by_label('Password', exact=True).fill(password)
@@ -277,16 +286,12 @@ class Visitor:
         expect(self.header).to_have_text(f'User: {display_name} | Patient: {patient}')
 
     def open_patient(self, patient_id: str, display_name: str) -> None:
-        from playwright.sync_api import expect
-
         self.patient_input.fill(patient_id)
         self.page.get_by_role('button', name='Open patient').click()
         expect(self.header).to_have_text(f'User: {display_name} | Patient: {patient_id}')
 
     def send(self, text: str) -> None:
         """Type a message and click Send; waits until it is shown and the input is cleared."""
-        from playwright.sync_api import expect
-
         count = self.messages.count()
         self.composer.fill(text)
         self.page.get_by_role('button', name='Send').click()

@@ -200,6 +200,7 @@ async def test_logging_out_in_one_tab_stops_the_other(user: User) -> None:
 async def test_wrong_password_does_not_say_which_part_was_wrong(user: User) -> None:
     await create_first_account(user)
     user.find(kind=ui.button, content='Log out').click()
+    await user.should_see('Your notebook is private to you.')
     await log_in(user, 'ada', 'not the password at all')
     await user.should_see('Username or password is incorrect.')
     await log_in(user, 'nobody', PASSWORD)

@@ -88,7 +88,10 @@ class Workspace:
             self.messages = ui.column().classes('w-full gap-3').props('role=log aria-live=polite')
         with ui.footer().classes('bg-white text-black border-t px-4 py-2'):
             with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2 no-wrap'):
-                self.composer = ui.input('Type message here').props('outlined dense').classes('grow')
+                # created holding the draft: setting it later would reach the browser only after the socket
+                # connects and overwrite whatever was typed in between
+                draft = self.book.draft(self.book.patient_id) if self.book.patient_id else ''
+                self.composer = ui.input('Type message here', value=draft).props('outlined dense').classes('grow')
                 self.composer.on('keydown.enter', self.send)
                 self.send_button = ui.button('Send', on_click=self.send)
         self.composer.on_value_change(self._draft_changed)
@@ -219,7 +222,9 @@ class Workspace:
         self._update_empty()
         self.composer.enable()
         self.send_button.enable()
-        self.composer.value = self.book.draft(conversation.patient_id)
+        draft = self.book.draft(conversation.patient_id)
+        if self.composer.value != draft:
+            self.composer.value = draft
         await self._show_recent()
         ui.run_javascript(SCROLL_TO_NEWEST)
         return True
