@@ -126,9 +126,22 @@ class Message(Base):
     sender_role: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # a correction is a new message pointing at the one it corrects; the original stays as it was
+    amends_id: Mapped[int | None] = mapped_column(BigId, ForeignKey('messages.id'), nullable=True)
     __table_args__ = (
         # a retried send carries the same client id, so it is stored once
         UniqueConstraint('conversation_id', 'client_id', name='uq_messages_conversation_client'),
         # keyset pagination: the latest page of a conversation, then the ones before it
         Index('ix_messages_conversation_id_id', 'conversation_id', 'id'),
     )
+
+
+class EnteredInError(Base):
+    """Marks a message as entered in error: the message itself is kept unchanged and shown struck through."""
+
+    __tablename__ = 'entered_in_error'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey('messages.id'), unique=True)
+    marked_by: Mapped[int] = mapped_column(ForeignKey('clinicians.id'))
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

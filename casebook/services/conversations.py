@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from casebook.models import Clinician, Conversation, Message, utcnow
+from casebook.models import Clinician, Conversation, EnteredInError, Message, utcnow
 from casebook.services.accounts import ClinicianInfo
 from casebook.services.errors import InvalidInput, NotFound
 
@@ -37,6 +37,9 @@ class MessageInfo:
     sender_role: str
     text: str
     sent_at: datetime
+    amends_id: int | None = None  # this message corrects that one
+    entered_in_error: bool = False
+    corrected: bool = False  # a later message corrects this one
 
 
 def normalize_patient_id(raw: str) -> str:
@@ -133,7 +136,18 @@ def _message_info(message: Message, author_name: str) -> MessageInfo:
         message.sender_role,
         message.text,
         message.sent_at,
+        message.amends_id,
     )
+
+
+async def _with_status(session: AsyncSession, messages: list[MessageInfo]) -> list[MessageInfo]:
+    """Fill in entered-in-error and corrected, for one page of messages (two indexed lookups)."""
+    if not messages:
+        return messages
+    ids = [m.id for m in messages]
+    marked = set(await session.scalars(select(EnteredInError.message_id).where(EnteredInError.message_id.in_(ids))))
+    corrected = set(await session.scalars(select(Message.amends_id).where(Message.amends_id.in_(ids))))
+    return [replace(m, entered_in_error=m.id in marked, corrected=m.id in corrected) for m in messages]
 
 
 async def latest_messages(
@@ -150,16 +164,49 @@ async def latest_messages(
     if before_id is not None:
         query = query.where(Message.id < before_id)
     rows = (await session.execute(query.order_by(Message.id.desc()).limit(limit))).all()
-    return [_message_info(message, name) for message, name in reversed(rows)]
+    return await _with_status(session, [_message_info(message, name) for message, name in reversed(rows)])
+
+
+async def messages_after(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, after_id: int, limit: int = PAGE_SIZE
+) -> list[MessageInfo]:
+    """Up to `limit` messages after `after_id`, oldest first."""
+    await _owned(session, clinician, conversation_id)
+    query = _message_query().where(Message.conversation_id == conversation_id, Message.id > after_id)
+    rows = (await session.execute(query.order_by(Message.id).limit(limit))).all()
+    return await _with_status(session, [_message_info(message, name) for message, name in rows])
+
+
+async def get_messages(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, ids: list[int]
+) -> list[MessageInfo]:
+    """These messages of the conversation (others are silently left out), oldest first."""
+    await _owned(session, clinician, conversation_id)
+    query = _message_query().where(Message.conversation_id == conversation_id, Message.id.in_(ids[:PAGE_SIZE]))
+    rows = (await session.execute(query.order_by(Message.id))).all()
+    return await _with_status(session, [_message_info(message, name) for message, name in rows])
 
 
 async def post_message(
-    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, client_id: str, text: str
+    session: AsyncSession,
+    *,
+    clinician: ClinicianInfo,
+    conversation_id: int,
+    client_id: str,
+    text: str,
+    amends_id: int | None = None,
 ) -> tuple[MessageInfo, bool]:
-    """Append a message; a retry with the same client id returns the stored one. True when newly stored."""
+    """Append a message (a correction when `amends_id` is given); a retry with the same client id returns
+    the stored one. True when newly stored."""
     text = normalize_message(text)
     client_id = _check_client_id(client_id)
     conversation = await _owned(session, clinician, conversation_id)
+    if amends_id is not None:
+        original = await session.get(Message, amends_id)
+        if original is None or original.conversation_id != conversation_id:
+            raise NotFound('No such message.')
+        if original.author_id != clinician.id:
+            raise InvalidInput('Only the author of a message can correct it.')
     if (existing := await _by_client_id(session, conversation_id, client_id)) is not None:
         return existing, False
     now = utcnow()
@@ -170,6 +217,7 @@ async def post_message(
         sender_role=clinician.sender_role,
         text=text,
         sent_at=now,
+        amends_id=amends_id,
     )
     session.add(message)
     conversation.last_message_at = now
@@ -190,3 +238,24 @@ async def _by_client_id(session: AsyncSession, conversation_id: int, client_id: 
         )
     ).first()
     return _message_info(*row) if row is not None else None
+
+
+async def mark_entered_in_error(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, message_id: int
+) -> MessageInfo:
+    """Mark a message as entered in error (kept, shown struck through); marking twice changes nothing."""
+    await _owned(session, clinician, conversation_id)
+    message = await session.get(Message, message_id)
+    if message is None or message.conversation_id != conversation_id:
+        raise NotFound('No such message.')
+    if message.author_id != clinician.id:
+        raise InvalidInput('Only the author of a message can mark it as entered in error.')
+    exists = await session.scalar(select(EnteredInError.id).where(EnteredInError.message_id == message_id))
+    if exists is None:
+        session.add(EnteredInError(message_id=message_id, marked_by=clinician.id))
+        try:
+            await session.commit()
+        except IntegrityError:  # marked in another tab at the same moment
+            await session.rollback()
+    (marked,) = await get_messages(session, clinician=clinician, conversation_id=conversation_id, ids=[message_id])
+    return marked
