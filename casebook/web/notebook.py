@@ -100,6 +100,11 @@ class Notebook:
             self._storage[DRAFTS] = drafts
         return draft['id']
 
+    @staticmethod
+    def new_send_id() -> str:
+        """An id for a send that is not a draft (a correction typed in a dialog)."""
+        return str(uuid.uuid4())
+
     def save_draft(self, patient_id: str, text: str) -> None:
         drafts = dict(self._storage.get(DRAFTS, {}))
         draft = drafts.pop(patient_id, {})

@@ -7,12 +7,14 @@ from datetime import timedelta
 
 from casebook.config import Settings
 from casebook.db import Database
+from casebook.live import LocalHub
 
 
 @dataclass
 class Runtime:
     settings: Settings
     database: Database
+    hub: LocalHub
 
     @property
     def session_max_age(self) -> timedelta:

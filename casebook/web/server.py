@@ -6,6 +6,7 @@ from nicegui import app, ui
 
 from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
+from casebook.live import LocalHub
 from casebook.web import runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, workspace
@@ -18,7 +19,7 @@ def build(settings: Settings) -> None:
     settings.prepare_data_dir()
     migrate_blocking(settings.effective_database_url)  # before the first request can arrive
     database = Database(settings.effective_database_url)
-    runtime.install(runtime.Runtime(settings=settings, database=database))
+    runtime.install(runtime.Runtime(settings=settings, database=database, hub=LocalHub()))
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text

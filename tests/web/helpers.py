@@ -52,11 +52,12 @@ def send(user: User, text: str, *, enter: bool = False) -> None:
 
 
 def shown_messages(user: User) -> list[str]:
-    """The texts of the messages in the conversation, top to bottom (not the composer's draft)."""
+    """The texts of the messages in the conversation, in page order (not the composer's draft)."""
+    logs = [element for element in user.client.elements.values() if element.props.get('role') == 'log']
     texts = []
-    for element in user.client.elements.values():
-        if element.props.get('role') == 'article':
-            labels = [child for child in element.descendants() if isinstance(child, ui.label)]
+    for log in logs:
+        for article in log.default_slot.children:
+            labels = [child for child in article.descendants() if isinstance(child, ui.label)]
             texts.append(labels[-1].text)
     return texts
 

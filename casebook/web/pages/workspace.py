@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 from sqlalchemy.exc import SQLAlchemyError
 
+from casebook.live import ConversationEvent
 from casebook.services import accounts, conversations
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
 from casebook.web.components import heading
+from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
 
 log = logging.getLogger(__name__)
 
 NOT_SAVED = 'Not saved: the database could not be reached. Your text is still in the box; press Send to try again.'
-SCROLL_TO_NEWEST = 'requestAnimationFrame(() => window.scrollTo(0, document.documentElement.scrollHeight))'
+UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 TIMEZONE_JS = 'Intl.DateTimeFormat().resolvedOptions().timeZone'
 
 
@@ -54,17 +55,18 @@ class Workspace:
         self.signed = signed
         self.token = token  # this tab acts for this session only, whatever later sign-ins do to the notebook
         self.book = book
+        self.client = ui.context.client
         self.conversation: ConversationInfo | None = None
-        self.shown: set[int] = set()
-        self.times: list[tuple[datetime, ui.label]] = []
-        self.zone = _zone(book.timezone)
+        self.unsubscribe = lambda: None
+        self.loading = False
 
     @property
-    def clinician(self):
+    def clinician(self) -> accounts.ClinicianInfo:
         return self.signed.clinician
 
     async def build(self) -> None:
         ui.add_css('.casebook-text { white-space: pre-wrap; overflow-wrap: anywhere; }')
+        ui.add_body_html(SCROLL_JS)
         with ui.left_drawer(bordered=True).props('width=260').classes('gap-1') as drawer:
             heading('Recent patients', level=2, classes='text-base font-semibold')
             self.recent_list = ui.column().classes('w-full gap-1')
@@ -85,7 +87,8 @@ class Workspace:
         with ui.column().classes('w-full max-w-4xl mx-auto gap-3 pb-4'):
             self.title = heading('', level=2, classes='text-lg font-semibold')
             self.empty = ui.label().classes('text-gray-700')
-            self.messages = ui.column().classes('w-full gap-3').props('role=log aria-live=polite')
+            self.list = MessageList(on_actions=self._message_actions, on_older=self._load_older)
+            self.list.zone = _zone(self.book.timezone)
         with ui.footer().classes('bg-white text-black border-t px-4 py-2'):
             with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2 no-wrap'):
                 # created holding the draft: setting it later would reach the browser only after the socket
@@ -95,13 +98,16 @@ class Workspace:
                 self.composer.on('keydown.enter', self.send)
                 self.send_button = ui.button('Send', on_click=self.send)
         self.composer.on_value_change(self._draft_changed)
+        ui.on('casebook_near_top', self._load_older, throttle=0.3)
+        ui.on('casebook_near_bottom', self._load_newer, throttle=0.3)
 
         await self._show_recent()
         if self.book.patient_id is not None:
             await self._open(self.book.patient_id)
         else:
             self._show_no_patient()
-        ui.context.client.on_connect(self._on_connect)
+        self.client.on_connect(self._on_connect)
+        self.client.on_delete(lambda: self.unsubscribe())
 
     # ----- events from the browser -------------------------------------------------------------------
 
@@ -131,26 +137,12 @@ class Workspace:
             ui.notify(refusal.message, type='negative', multi_line=True)
             return
         send_id = self.book.send_id(conversation.patient_id)  # taken before any await: a double click shares it
-        if not await self._still_signed_in():
+        message = await self._post(conversation, send_id, text)
+        if message is None:
             return
-        try:
-            async with runtime.current().database.session() as session:
-                message, created = await conversations.post_message(
-                    session, clinician=self.clinician, conversation_id=conversation.id, client_id=send_id, text=text
-                )
-        except CasebookError as refusal:
-            ui.notify(refusal.message, type='negative', multi_line=True)
-            return
-        except (SQLAlchemyError, OSError) as error:
-            log.warning('message not saved: %s', type(error).__name__)  # never the text itself
-            ui.notify(NOT_SAVED, type='negative', multi_line=True)
-            return
-        if self.conversation is None or self.conversation.id != message.conversation_id:
-            return  # the tab switched patient while this send was in flight; the message is stored all the same
-        self._append(message)
         self.book.forget_draft(conversation.patient_id)
-        if not created and message.text != text.strip():
-            self.book.save_draft(conversation.patient_id, text)  # the edited text gets a send id of its own
+        if message.text != text.strip():  # an earlier send of this draft had been stored; this text was not
+            self.book.save_draft(conversation.patient_id, text)
             ui.notify(
                 'An earlier send of this draft had been saved (shown above); your edited text is still in the box.',
                 type='info',
@@ -159,11 +151,90 @@ class Workspace:
             return
         if self.composer.value == text:
             self.composer.value = ''
-        ui.run_javascript(SCROLL_TO_NEWEST)
 
     async def log_out(self) -> None:
         await auth.sign_out(self.token)
         ui.navigate.to('/login')
+
+    # ----- writing ------------------------------------------------------------------------------------
+
+    async def _post(
+        self, conversation: ConversationInfo, send_id: str, text: str, amends_id: int | None = None
+    ) -> MessageInfo | None:
+        """Store a message and show it here and in every other tab; None (and the user told) when not stored."""
+        if not await self._still_signed_in():
+            return None
+        try:
+            async with runtime.current().database.session() as session:
+                message, _created = await conversations.post_message(
+                    session,
+                    clinician=self.clinician,
+                    conversation_id=conversation.id,
+                    client_id=send_id,
+                    text=text,
+                    amends_id=amends_id,
+                )
+        except CasebookError as refusal:
+            ui.notify(refusal.message, type='negative', multi_line=True)
+            return None
+        except (SQLAlchemyError, OSError) as error:
+            log.warning('message not saved: %s', type(error).__name__)  # never the text itself
+            ui.notify(NOT_SAVED, type='negative', multi_line=True)
+            return None
+        await runtime.current().hub.publish(ConversationEvent('message', conversation.id, message))
+        if self.conversation is not None and self.conversation.id == message.conversation_id:
+            if self.list.has_newer:
+                await self._reload_newest()  # the clinician wrote while reading far back: jump to the newest
+            self._show_message(message)
+            ui.run_javascript('window.casebookScroll.toNewest()')
+        return message
+
+    async def _message_actions(self, message_id: int) -> None:
+        view = self.list.views.get(message_id)
+        if view is None or self.conversation is None:
+            return
+        conversation, message = self.conversation, view.message
+        with ui.dialog() as dialog, ui.card().classes('w-full max-w-lg'):
+            heading('Correct or mark this message', level=2, classes='text-lg font-semibold')
+            ui.label(message.text).classes('casebook-text text-sm text-gray-800 border-l-4 pl-2 max-h-40 overflow-auto')
+            correction = ui.textarea('Corrected text', value=message.text).classes('w-full').props('autogrow outlined')
+            correction_id = self.book.new_send_id()
+
+            async def correct() -> None:
+                if not (correction.value or '').strip():
+                    return
+                if await self._post(conversation, correction_id, correction.value, amends_id=message.id):
+                    dialog.close()
+
+            async def mark() -> None:
+                if await self._mark(conversation, message.id):
+                    dialog.close()
+
+            with ui.row().classes('w-full justify-end gap-2'):
+                ui.button('Cancel', on_click=dialog.close).props('flat')
+                if not message.entered_in_error:
+                    ui.button('Mark as entered in error', on_click=mark).props('outline color=negative')
+                ui.button('Save correction', on_click=correct)
+        dialog.on('hide', dialog.delete)
+        dialog.open()
+
+    async def _mark(self, conversation: ConversationInfo, message_id: int) -> bool:
+        if not await self._still_signed_in():
+            return False
+        try:
+            async with runtime.current().database.session() as session:
+                marked = await conversations.mark_entered_in_error(
+                    session, clinician=self.clinician, conversation_id=conversation.id, message_id=message_id
+                )
+        except CasebookError as refusal:
+            ui.notify(refusal.message, type='negative')
+            return False
+        except (SQLAlchemyError, OSError):
+            ui.notify(UNREACHABLE, type='negative')
+            return False
+        self.list.update(marked)
+        await runtime.current().hub.publish(ConversationEvent('marked', conversation.id, marked))
+        return True
 
     async def _edit_profile(self) -> None:
         with ui.dialog() as dialog, ui.card().classes('w-full max-w-sm'):
@@ -193,7 +264,7 @@ class Workspace:
         dialog.on('hide', dialog.delete)
         dialog.open()
 
-    # ----- drawing ------------------------------------------------------------------------------------
+    # ----- reading ------------------------------------------------------------------------------------
 
     async def _open(self, patient_id: str) -> bool:
         try:
@@ -210,15 +281,13 @@ class Workspace:
                 'Could not open the patient: the database could not be reached. Please try again.', type='negative'
             )
             return False
+        self.unsubscribe()
         self.conversation = conversation
+        self.unsubscribe = runtime.current().hub.subscribe(conversation.id, self._on_event)
         self.book.patient_id = conversation.patient_id
         self._show_header()
         self.title.set_text(f'Conversation about {conversation.patient_id}')
-        self.messages.clear()
-        self.shown.clear()
-        self.times.clear()
-        for message in latest:
-            self._append(message)
+        self.list.reset(latest)
         self._update_empty()
         self.composer.enable()
         self.send_button.enable()
@@ -226,8 +295,77 @@ class Workspace:
         if self.composer.value != draft:
             self.composer.value = draft
         await self._show_recent()
-        ui.run_javascript(SCROLL_TO_NEWEST)
+        ui.run_javascript('window.casebookScroll && window.casebookScroll.toNewest()')
         return True
+
+    async def _load_older(self) -> None:
+        """Scrolled to the top: the page before the oldest shown, keeping the reading position."""
+        if self.loading or self.conversation is None or self.list.at_beginning or self.list.oldest_id is None:
+            return
+        conversation = self.conversation
+        self.loading = True
+        self.list.set_loading(True)
+        try:
+            async with runtime.current().database.session() as session:
+                older = await conversations.latest_messages(
+                    session, clinician=self.clinician, conversation_id=conversation.id, before_id=self.list.oldest_id
+                )
+            if self.conversation is conversation:
+                await self._keeping_position(lambda: self.list.prepend(older))
+        except (SQLAlchemyError, OSError):
+            ui.notify('Earlier messages could not be loaded; scroll up again to retry.', type='warning')
+        finally:
+            self.loading = False
+            self.list.set_loading(False)
+
+    async def _load_newer(self) -> None:
+        """Scrolled back down after newer messages were dropped from the window: fetch them again."""
+        if self.loading or self.conversation is None or not self.list.has_newer or self.list.newest_id is None:
+            return
+        conversation = self.conversation
+        self.loading = True
+        try:
+            async with runtime.current().database.session() as session:
+                newer = await conversations.messages_after(
+                    session, clinician=self.clinician, conversation_id=conversation.id, after_id=self.list.newest_id
+                )
+            if self.conversation is conversation:
+                await self._keeping_position(lambda: self.list.extend(newer))
+        except (SQLAlchemyError, OSError):
+            ui.notify('Newer messages could not be loaded; scroll down again to retry.', type='warning')
+        finally:
+            self.loading = False
+
+    async def _keeping_position(self, change) -> None:
+        try:
+            await ui.run_javascript('window.casebookScroll.record()', timeout=2)
+        except TimeoutError:
+            pass  # the page went away or is slow: the change is made all the same
+        change()
+        ui.run_javascript('window.casebookScroll.restore()')
+
+    async def _reload_newest(self) -> None:
+        assert self.conversation is not None
+        async with runtime.current().database.session() as session:
+            latest = await conversations.latest_messages(
+                session, clinician=self.clinician, conversation_id=self.conversation.id
+            )
+        self.list.reset(latest)
+
+    async def _on_event(self, event: ConversationEvent) -> None:
+        """Another tab (or this one) changed the conversation this tab shows."""
+        if self.conversation is None or event.conversation_id != self.conversation.id:
+            return
+        with self.client:
+            if event.kind == 'marked':
+                self.list.update(event.message)
+            elif self._show_message(event.message):
+                self.client.run_javascript('window.casebookScroll.followNewest()')
+
+    def _show_message(self, message: MessageInfo) -> bool:
+        shown = self.list.append(message)
+        self._update_empty()
+        return shown
 
     def _show_no_patient(self) -> None:
         self._show_header()
@@ -242,22 +380,8 @@ class Workspace:
 
     def _update_empty(self) -> None:
         if self.conversation is not None:
-            self.empty.set_text('' if self.shown else f'No messages for {self.conversation.patient_id} yet.')
-            self.empty.set_visibility(not self.shown)
-
-    def _append(self, message: MessageInfo) -> None:
-        if message.id in self.shown:
-            return  # a retried send that was stored once is shown once
-        self.shown.add(message.id)
-        with self.messages:
-            with ui.column().classes('w-full gap-0 rounded-lg bg-blue-50 px-3 py-2').props('role=article'):
-                with ui.row().classes('items-baseline gap-x-2 gap-y-0 flex-wrap'):
-                    ui.label(message.sender_role.capitalize()).classes('font-semibold')
-                    ui.label(message.author_name).classes('text-sm text-gray-700')
-                    stamp = ui.label(self._format(message.sent_at)).classes('text-xs text-gray-700')
-                ui.label(message.text).classes('casebook-text')
-        self.times.append((message.sent_at, stamp))
-        self._update_empty()
+            self.empty.set_text('' if len(self.list) else f'No messages for {self.conversation.patient_id} yet.')
+            self.empty.set_visibility(not len(self.list))
 
     async def _show_recent(self) -> None:
         async with runtime.current().database.session() as session:
@@ -277,7 +401,7 @@ class Workspace:
                     with ui.item_section():
                         ui.item_label(item.patient_id).classes('font-medium')
                         when = item.last_message_at or item.last_opened_at
-                        ui.item_label(self._format(when)).props('caption').classes('text-gray-700')
+                        ui.item_label(self.list.format(when)).props('caption').classes('text-gray-700')
 
     async def _switch(self, patient_id: str) -> None:
         if await self._still_signed_in():
@@ -294,7 +418,7 @@ class Workspace:
         try:
             signed = await auth.signed_in(self.token)
         except (SQLAlchemyError, OSError):
-            ui.notify('The database could not be reached. Nothing was changed; please try again.', type='negative')
+            ui.notify(UNREACHABLE, type='negative')
             return False
         if signed is None or signed.clinician.id != self.clinician.id:
             ui.navigate.to('/login')
@@ -309,13 +433,8 @@ class Workspace:
             return
         if isinstance(name, str) and name != self.book.timezone and _zone(name).key == name:
             self.book.timezone = name
-            self.zone = _zone(name)
-            for sent_at, label in self.times:
-                label.set_text(self._format(sent_at))
+            self.list.set_zone(_zone(name))
             await self._show_recent()
-
-    def _format(self, moment: datetime) -> str:
-        return moment.astimezone(self.zone).strftime('%Y-%m-%d %H:%M')
 
 
 def _zone(name: str | None) -> ZoneInfo:

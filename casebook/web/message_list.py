@@ -1,0 +1,187 @@
+"""The conversation on screen: a window of at most `MAX_SHOWN` messages over the whole history.
+
+Opening shows the newest page; scrolling up prepends the page before it (keyset on the message id) and
+keeps the reading position; new messages append one element. When the window is full, the messages
+farthest from where the clinician reads are dropped (and fetched again when scrolled back to), so a tab
+holds the same bounded number of elements however long the conversation or however far it is scrolled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from nicegui import ui
+
+from casebook.services.conversations import PAGE_SIZE, MessageInfo
+
+MAX_SHOWN = 6 * PAGE_SIZE
+
+SCROLL_JS = """
+<script>
+window.casebookScroll = {
+  record() { this.h = document.documentElement.scrollHeight; this.y = window.scrollY; return true; },
+  restore() {
+    requestAnimationFrame(() => window.scrollTo(0, this.y + document.documentElement.scrollHeight - this.h));
+  },
+  toNewest() { requestAnimationFrame(() => window.scrollTo(0, document.documentElement.scrollHeight)); },
+  followNewest() {  // only when the reader is already at the newest messages
+    const el = document.documentElement;
+    if (window.innerHeight + window.scrollY > el.scrollHeight - 600) this.toNewest();
+  },
+};
+document.documentElement.style.overflowAnchor = 'none';  // positions are kept by record/restore instead
+window.addEventListener('scroll', () => {
+  const el = document.documentElement;
+  if (window.scrollY < 400) emitEvent('casebook_near_top');
+  else if (window.innerHeight + window.scrollY > el.scrollHeight - 400) emitEvent('casebook_near_bottom');
+}, {passive: true});
+</script>
+"""
+
+
+class MessageView:
+    """One message's element; only its status line and strike-through ever change."""
+
+    def __init__(self, message: MessageInfo, stamp: str, on_actions: Callable[[int], Awaitable[None]]) -> None:
+        self.message = message
+        with ui.column().classes('w-full gap-0 rounded-lg bg-blue-50 px-3 py-2').props('role=article') as self.element:
+            with ui.row().classes('w-full items-center gap-x-2 gap-y-0 flex-wrap'):
+                ui.label(message.sender_role.capitalize()).classes('font-semibold')
+                ui.label(message.author_name).classes('text-sm text-gray-700')
+                self.stamp = ui.label(stamp).classes('text-xs text-gray-700')
+                self.status = ui.label().classes('text-xs font-semibold uppercase tracking-wide text-amber-900')
+                ui.space()
+                ui.button(icon='more_vert', on_click=lambda: on_actions(message.id)).props(
+                    'flat round dense size=sm aria-label="Correct or mark this message"'
+                ).classes('text-gray-700')
+            self.text = ui.label(message.text).classes('casebook-text')
+        self.apply(message)
+
+    def apply(self, message: MessageInfo) -> None:
+        self.message = message
+        notes = []
+        if message.amends_id is not None:
+            notes.append('Correction')
+        if message.corrected:
+            notes.append('Corrected below')
+        if message.entered_in_error:
+            notes.append('Entered in error')
+        self.status.set_text(' · '.join(notes))
+        self.status.set_visibility(bool(notes))
+        self.text.classes(
+            add='line-through text-gray-700' if message.entered_in_error else '',
+            remove='' if message.entered_in_error else 'line-through text-gray-700',
+        )
+
+
+class MessageList:
+    """The message window of one tab, with the state that says what lies beyond either end."""
+
+    def __init__(self, on_actions: Callable[[int], Awaitable[None]], on_older: Callable[[], Awaitable[None]]) -> None:
+        self.on_actions = on_actions
+        self.zone = ZoneInfo('UTC')
+        self.views: dict[int, MessageView] = {}
+        self.at_beginning = True
+        self.has_newer = False  # newer messages were dropped from the window
+        with ui.column().classes('w-full items-center gap-1'):
+            self.spinner = ui.spinner(size='md').props('aria-label="Loading earlier messages"')
+            self.spinner.set_visibility(False)
+            self.beginning = ui.label('Beginning of the conversation').classes('text-sm text-gray-700')
+            self.earlier = ui.button('Load earlier messages', on_click=on_older).props('flat no-caps')
+        self.column = ui.column().classes('w-full gap-3').props('role=log aria-live=polite')
+        self._show_ends()
+
+    # ----- what is shown ------------------------------------------------------------------------------
+
+    @property
+    def oldest_id(self) -> int | None:
+        return min(self.views) if self.views else None
+
+    @property
+    def newest_id(self) -> int | None:
+        return max(self.views) if self.views else None
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def reset(self, messages: list[MessageInfo]) -> None:
+        """Show a conversation's newest page."""
+        self.column.clear()
+        self.views.clear()
+        for message in messages:
+            self._add(message)
+        self.at_beginning = len(messages) < PAGE_SIZE
+        self.has_newer = False
+        self._show_ends()
+
+    def append(self, message: MessageInfo) -> bool:
+        """Add a newer message at the end; False when it is shown already or the newest are not in view."""
+        if message.id in self.views or self.has_newer:
+            return False
+        self._add(message)
+        if message.amends_id in self.views:
+            original = self.views[message.amends_id]
+            original.apply(replace(original.message, corrected=True))
+        self._trim(keep='newest')
+        return True
+
+    def prepend(self, older: list[MessageInfo]) -> None:
+        """Add the page before the oldest shown (oldest first); drops the newest beyond the window."""
+        for index, message in enumerate(m for m in older if m.id not in self.views):
+            self._add(message).element.move(self.column, target_index=index)
+        self.at_beginning = len(older) < PAGE_SIZE
+        self._trim(keep='oldest')
+        self._show_ends()
+
+    def extend(self, newer: list[MessageInfo]) -> None:
+        """Add the page after the newest shown (after scrolling back down); drops the oldest beyond the window."""
+        for message in newer:
+            if message.id not in self.views:
+                self._add(message)
+        self.has_newer = len(newer) == PAGE_SIZE
+        self._trim(keep='newest')
+        self._show_ends()
+
+    def update(self, message: MessageInfo) -> None:
+        if (view := self.views.get(message.id)) is not None:
+            view.apply(message)
+
+    def set_zone(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        for view in self.views.values():
+            view.stamp.set_text(self.format(view.message.sent_at))
+
+    def format(self, moment: datetime) -> str:
+        return moment.astimezone(self.zone).strftime('%Y-%m-%d %H:%M')
+
+    def set_loading(self, loading: bool) -> None:
+        self.spinner.set_visibility(loading)
+
+    # ----- internals ----------------------------------------------------------------------------------
+
+    def _add(self, message: MessageInfo) -> MessageView:
+        with self.column:
+            view = MessageView(message, self.format(message.sent_at), self.on_actions)
+        self.views[message.id] = view
+        return view
+
+    def _trim(self, *, keep: str) -> None:
+        excess = len(self.views) - MAX_SHOWN
+        if excess <= 0:
+            return
+        ordered = sorted(self.views)
+        dropped = ordered[-excess:] if keep == 'oldest' else ordered[:excess]
+        for message_id in dropped:
+            self.column.remove(self.views.pop(message_id).element)
+        if keep == 'oldest':
+            self.has_newer = True
+        else:
+            self.at_beginning = False
+        self._show_ends()
+
+    def _show_ends(self) -> None:
+        self.beginning.set_visibility(self.at_beginning and bool(self.views))
+        self.earlier.set_visibility(not self.at_beginning)
