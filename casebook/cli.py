@@ -7,8 +7,11 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from casebook.config import Settings, load_settings
 from casebook.services.errors import CasebookError
@@ -52,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument('--role', choices=['doctor', 'nurse', 'admin'], default='doctor')
     add.add_argument('--password-stdin', action='store_true', help='read the password from the first line of stdin')
     add.set_defaults(handler=_user_add)
+
+    load = commands.add_parser('import', help='import a conversation from a native JSON file')
+    load.add_argument('file', type=Path)
+    load.add_argument('--user', required=True, help='the clinician whose conversation it becomes')
+    load.set_defaults(handler=_import)
+
+    save = commands.add_parser('export', help="export one of a clinician's conversations")
+    save.add_argument('--user', required=True)
+    save.add_argument('--patient', required=True, help='the patient ID')
+    save.add_argument('--format', choices=['json', 'fhir', 'markdown'], default='json')
+    save.add_argument('-o', '--output', type=Path, help='the file to write (default: standard output)')
+    save.set_defaults(handler=_export)
     return parser
 
 
@@ -117,3 +132,113 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     clinician = _run_with_db(settings, add)
     print(f'added {clinician.role} {clinician.username} ({clinician.display_name})')
     return 0
+
+
+async def _clinician(session, username: str):
+    from casebook.services import accounts
+
+    clinician = await accounts.find_by_username(session, username)
+    if clinician is None:
+        raise CommandError(f'no such user: {username}')
+    return clinician
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from casebook.services import exchange
+
+    try:
+        source = args.file.open('rb')
+    except OSError as error:
+        raise CommandError(f'cannot read {args.file}: {error.strerror}') from error
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+
+    async def load(session):
+        clinician = await _clinician(session, args.user)
+        try:
+            return await exchange.import_conversation(
+                session, clinician=clinician, source=source, progress=bar.update if bar else None
+            )
+        except CasebookError as error:  # the file's fault: say which file
+            raise CommandError(f'{args.file}: {error}') from error
+
+    try:
+        with source:
+            result = _run_with_db(settings, load)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f'imported {result.imported} messages (patient {result.patient_id})')
+    return 0
+
+
+class _ProgressBar:
+    """`checking  [#########           ]  45%` redrawn in place, and only when the figure changes."""
+
+    WIDTH = 30
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.shown: tuple[str, int] | None = None
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        percent = done * 100 // total if total else 100
+        if (phase, percent) == self.shown:
+            return
+        self.shown = (phase, percent)
+        filled = percent * self.WIDTH // 100
+        self.stream.write(f'\r{phase:<9} [{"#" * filled}{" " * (self.WIDTH - filled)}] {percent:3d}%')
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown is not None:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    if args.output is None:
+        sys.stdout.flush()
+        try:
+            _write_export(settings, args, sys.stdout.buffer)
+        except BrokenPipeError:  # `casebook export … | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    try:
+        with _replaced_on_success(args.output) as output:
+            _write_export(settings, args, output)
+    except OSError as error:
+        raise CommandError(f'cannot write {args.output}: {error.strerror}') from error
+    return 0
+
+
+def _write_export(settings: Settings, args: argparse.Namespace, output: BinaryIO) -> None:
+    from casebook.services import exchange
+
+    async def save(session):
+        clinician = await _clinician(session, args.user)
+        chunks = await exchange.export_conversation(
+            session, clinician=clinician, fmt=args.format, patient_id=args.patient
+        )
+        async for chunk in chunks:
+            output.write(chunk.encode())
+
+    _run_with_db(settings, save)
+    output.flush()
+
+
+@contextmanager
+def _replaced_on_success(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside `path` that becomes `path` only when complete, so a failure leaves no half file.
+
+    Exports hold patient data, so the file is readable by its owner only (mkstemp's mode 0600).
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as output:
+            yield output
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -133,6 +133,8 @@ class Message(Base):
         UniqueConstraint('conversation_id', 'client_id', name='uq_messages_conversation_client'),
         # keyset pagination: the latest page of a conversation, then the ones before it
         Index('ix_messages_conversation_id_id', 'conversation_id', 'id'),
+        # "is this message corrected?" for every page shown
+        Index('ix_messages_amends_id', 'amends_id'),
     )
 
 

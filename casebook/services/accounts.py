@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -22,8 +23,12 @@ PASSWORD_MIN, PASSWORD_MAX = 12, 128
 DISPLAY_NAME_MAX = 100
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-# verified against when the username is unknown, so a miss costs as long as a wrong password
-_DUMMY_HASH = _hasher.hash('casebook-timing-equaliser')
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so a miss costs as long as a wrong password."""
+    return _hasher.hash('casebook-timing-equaliser')
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ async def authenticate(session: AsyncSession, *, username: str, password: str) -
         name = ''
     clinician = await session.scalar(select(Clinician).where(Clinician.username == name)) if name else None
     if clinician is None or len(password or '') > PASSWORD_MAX:
-        await _verify(_DUMMY_HASH, password[:PASSWORD_MAX] if password else '')
+        await _verify(_dummy_hash(), password[:PASSWORD_MAX] if password else '')
         return None
     if not await _verify(clinician.password_hash, password) or clinician.disabled:
         return None

@@ -63,6 +63,10 @@ def normalize_message(raw: str) -> str:
         raise InvalidInput(
             f'The message has {len(text):,} characters; the limit is {MESSAGE_MAX:,}. Your text is still in the box.'
         )
+    if any('\ud800' <= ch <= '\udfff' for ch in text):
+        raise InvalidInput(
+            'The message contains a broken character (an unpaired surrogate). Your text is still in the box.'
+        )
     if '\x00' in text:
         raise InvalidInput(
             'The message contains a NUL character, which cannot be stored. Your text is still in the box.'

@@ -7,7 +7,7 @@ from nicegui import app, ui
 from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub
-from casebook.web import runtime
+from casebook.web import downloads, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, workspace
 
@@ -24,6 +24,7 @@ def build(settings: Settings) -> None:
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
     accounts.register()
+    downloads.register()
     workspace.register()
 
 

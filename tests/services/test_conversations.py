@@ -224,3 +224,13 @@ async def test_malformed_send_ids_are_refused(database, client_id):
             await conversations.post_message(
                 session, clinician=ada, conversation_id=conversation.id, client_id=client_id, text='hi'
             )
+
+
+async def test_broken_unicode_is_refused_with_a_reason(database):
+    ada = await add_clinician(database, 'ada')
+    async with database.session() as session:
+        conversation = await conversations.open_conversation(session, clinician=ada, patient_id='PAT1')
+        with pytest.raises(InvalidInput, match='unpaired surrogate'):
+            await conversations.post_message(
+                session, clinician=ada, conversation_id=conversation.id, client_id=new_id(), text='bad \ud800 text'
+            )

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 NOT_SAVED = 'Not saved: the database could not be reached. Your text is still in the box; press Send to try again.'
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 TIMEZONE_JS = 'Intl.DateTimeFormat().resolvedOptions().timeZone'
+EXPORTS = {'json': 'Casebook JSON', 'fhir': 'FHIR R4 bundle', 'markdown': 'Markdown transcript'}
 
 
 def register() -> None:
@@ -85,7 +86,13 @@ class Workspace:
                 ui.button('Open patient', on_click=self.open_patient).props('color=white text-color=primary')
             self.patient_error = ui.label().props('role=alert').classes('w-full text-sm font-medium text-white')
         with ui.column().classes('w-full max-w-4xl mx-auto gap-3 pb-4'):
-            self.title = heading('', level=2, classes='text-lg font-semibold')
+            with ui.row().classes('w-full items-center gap-2'):
+                self.title = heading('', level=2, classes='text-lg font-semibold')
+                ui.space()
+                with ui.button('Export', icon='download').props('flat no-caps') as self.export_button:
+                    with ui.menu():
+                        for fmt, label in EXPORTS.items():
+                            ui.menu_item(label, on_click=lambda fmt=fmt: self._export(fmt))
             self.empty = ui.label().classes('text-gray-700')
             self.list = MessageList(on_actions=self._message_actions, on_older=self._load_older)
             self.list.zone = _zone(self.book.timezone)
@@ -151,6 +158,10 @@ class Workspace:
             return
         if self.composer.value == text:
             self.composer.value = ''
+
+    async def _export(self, fmt: str) -> None:
+        if self.conversation is not None and await self._still_signed_in():
+            ui.download.from_url(f'/export/{self.conversation.patient_id}/{fmt}')
 
     async def log_out(self) -> None:
         await auth.sign_out(self.token)
@@ -291,6 +302,7 @@ class Workspace:
         self._update_empty()
         self.composer.enable()
         self.send_button.enable()
+        self.export_button.set_visibility(True)
         draft = self.book.draft(conversation.patient_id)
         if self.composer.value != draft:
             self.composer.value = draft
@@ -373,6 +385,7 @@ class Workspace:
         self.empty.set_text('Enter a patient ID above and press Open patient.')
         self.composer.disable()
         self.send_button.disable()
+        self.export_button.set_visibility(False)
 
     def _show_header(self) -> None:
         patient = self.conversation.patient_id if self.conversation else '(not set)'
