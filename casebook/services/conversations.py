@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,6 +85,27 @@ def _conversation_info(conversation: Conversation) -> ConversationInfo:
     return ConversationInfo(
         conversation.id, conversation.patient_id, conversation.last_opened_at, conversation.last_message_at
     )
+
+
+async def find_conversation(
+    session: AsyncSession, *, clinician: ClinicianInfo, patient_id: str
+) -> ConversationInfo | None:
+    """The clinician's conversation about this patient, if there is one; reads only."""
+    patient_id = normalize_patient_id(patient_id)
+    conversation = await session.scalar(
+        select(Conversation).where(Conversation.clinician_id == clinician.id, Conversation.patient_id == patient_id)
+    )
+    return _conversation_info(conversation) if conversation is not None else None
+
+
+async def mark_opened(session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int) -> None:
+    """Move a conversation to the top of the clinician's recent patients."""
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.clinician_id == clinician.id)
+        .values(last_opened_at=utcnow())
+    )
+    await session.commit()
 
 
 async def open_conversation(session: AsyncSession, *, clinician: ClinicianInfo, patient_id: str) -> ConversationInfo:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from casebook.models import AuthSession, Clinician, utcnow
@@ -61,7 +62,10 @@ async def resolve(session: AsyncSession, token: object, *, max_age: timedelta) -
         return None
     if now - auth.last_seen_at > TOUCH_INTERVAL:
         auth.last_seen_at = now
-        await session.commit()
+        try:
+            await session.commit()
+        except OperationalError:  # the database is busy writing: last-seen can wait for the next request
+            await session.rollback()
     return SignedIn(auth.id, to_info(clinician), auth.created_at)
 
 

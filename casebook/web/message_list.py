@@ -86,6 +86,8 @@ class MessageList:
         self.views: dict[int, MessageView] = {}
         self.at_beginning = True
         self.has_newer = False  # newer messages were dropped from the window
+        self.latest_known_id = 0  # the newest message id this tab has heard of, shown or not
+        self.generation = 0  # bumped by reset: a page fetched before it no longer fits
         with ui.column().classes('w-full items-center gap-1'):
             self.spinner = ui.spinner(size='md').props('aria-label="Loading earlier messages"')
             self.spinner.set_visibility(False)
@@ -111,20 +113,26 @@ class MessageList:
         """Show a conversation's newest page."""
         self.column.clear()
         self.views.clear()
+        self.generation += 1
         for message in messages:
             self._add(message)
         self.at_beginning = len(messages) < PAGE_SIZE
         self.has_newer = False
+        self.latest_known_id = max(self.latest_known_id, self.newest_id or 0)
         self._show_ends()
 
     def append(self, message: MessageInfo) -> bool:
         """Add a newer message at the end; False when it is shown already or the newest are not in view."""
-        if message.id in self.views or self.has_newer:
-            return False
-        self._add(message)
         if message.amends_id in self.views:
             original = self.views[message.amends_id]
             original.apply(replace(original.message, corrected=True))
+        self.latest_known_id = max(self.latest_known_id, message.id)
+        if message.id in self.views or self.has_newer:
+            return False
+        view = self._add(message)
+        later = [message_id for message_id in self.views if message_id > message.id]
+        if later:  # delivered out of order (another tab's send overtook this one's): keep id order on screen
+            view.element.move(self.column, target_index=len(self.views) - 1 - len(later))
         self._trim(keep='newest')
         return True
 
@@ -141,7 +149,7 @@ class MessageList:
         for message in newer:
             if message.id not in self.views:
                 self._add(message)
-        self.has_newer = len(newer) == PAGE_SIZE
+        self.has_newer = len(newer) == PAGE_SIZE or (self.newest_id or 0) < self.latest_known_id
         self._trim(keep='newest')
         self._show_ends()
 

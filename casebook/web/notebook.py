@@ -89,35 +89,29 @@ class Notebook:
     def draft(self, patient_id: str) -> str:
         return self._storage.get(DRAFTS, {}).get(patient_id, {}).get('text', '')
 
-    def send_id(self, patient_id: str) -> str:
-        """The id the next send of this patient's draft carries; the same on every retry until it is stored."""
-        drafts = dict(self._storage.get(DRAFTS, {}))
-        draft = drafts.get(patient_id) or {'text': ''}
-        if 'id' not in draft:
-            draft = {**draft, 'id': str(uuid.uuid4())}
-            drafts.pop(patient_id, None)
-            drafts[patient_id] = draft
-            self._storage[DRAFTS] = drafts
-        return draft['id']
+    def draft_and_id(self, patient_id: str) -> tuple[str, str]:
+        """The draft and the id its send carries: the same in every tab and after a reload, until it is stored."""
+        draft = self._storage.get(DRAFTS, {}).get(patient_id, {})
+        return draft.get('text', ''), draft.get('id') or self.new_send_id()
 
     @staticmethod
     def new_send_id() -> str:
-        """An id for a send that is not a draft (a correction typed in a dialog)."""
         return str(uuid.uuid4())
 
-    def save_draft(self, patient_id: str, text: str) -> None:
+    def save_draft(self, patient_id: str, text: str, send_id: str) -> None:
         drafts = dict(self._storage.get(DRAFTS, {}))
-        draft = drafts.pop(patient_id, {})
-        if text or 'id' in draft:
-            drafts[patient_id] = {**draft, 'text': text[: MESSAGE_MAX * 2]}
+        drafts.pop(patient_id, None)
+        if text:
+            drafts[patient_id] = {'text': text[: MESSAGE_MAX * 2], 'id': send_id}
         while len(drafts) > MAX_DRAFTS:
             drafts.pop(next(iter(drafts)))
         self._storage[DRAFTS] = drafts
 
-    def forget_draft(self, patient_id: str) -> None:
-        """The draft was stored as a message: the next one gets a fresh send id."""
+    def forget_draft(self, patient_id: str, send_id: str) -> None:
+        """The draft sent with this id was stored; a draft typed since (another id) is kept."""
         drafts = dict(self._storage.get(DRAFTS, {}))
-        if drafts.pop(patient_id, None) is not None:
+        if drafts.get(patient_id, {}).get('id') == send_id:
+            del drafts[patient_id]
             self._storage[DRAFTS] = drafts
 
 

@@ -36,3 +36,18 @@ async def test_a_send_while_the_database_is_locked_is_not_acknowledged_and_the_d
     assert shown_messages(user) == ['saved before', 'written during the outage']
     assert await stored_texts() == ['saved before', 'written during the outage']
     assert composer(user).value == ''
+
+
+async def test_the_workspace_opens_while_another_process_holds_the_write_lock(user: User) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'PAT123')
+    send(user, 'saved before')
+    await should_see_message(user, 'saved before')
+    blocker = sqlite3.connect(runtime.current().settings.data_dir / 'casebook.sqlite3', timeout=0)
+    blocker.execute('BEGIN EXCLUSIVE')  # e.g. a long `casebook import` writing in one transaction
+    try:
+        await user.open('/')  # a reload: reads only, so it does not wait for the lock
+        await should_see_message(user, 'saved before')
+    finally:
+        blocker.rollback()
+        blocker.close()

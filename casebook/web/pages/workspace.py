@@ -11,7 +11,7 @@ from dataclasses import replace
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.responses import RedirectResponse
-from nicegui import ui
+from nicegui import background_tasks, ui
 from sqlalchemy.exc import SQLAlchemyError
 
 from casebook.live import ConversationEvent
@@ -60,12 +60,15 @@ class Workspace:
         self.conversation: ConversationInfo | None = None
         self.unsubscribe = lambda: None
         self.loading = False
+        self.send_id = Notebook.new_send_id()  # the id the composer's text is sent with, kept across retries
 
     @property
     def clinician(self) -> accounts.ClinicianInfo:
         return self.signed.clinician
 
     async def build(self) -> None:
+        # first: whatever fails below, no subscription outlives the tab
+        self.client.on_delete(lambda: self.unsubscribe())
         ui.add_css('.casebook-text { white-space: pre-wrap; overflow-wrap: anywhere; }')
         ui.add_body_html(SCROLL_JS)
         with ui.left_drawer(bordered=True).props('width=260').classes('gap-1') as drawer:
@@ -114,7 +117,6 @@ class Workspace:
         else:
             self._show_no_patient()
         self.client.on_connect(self._on_connect)
-        self.client.on_delete(lambda: self.unsubscribe())
 
     # ----- events from the browser -------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class Workspace:
             ui.notify('Open a patient first.', type='warning')
             return
         conversation = self.conversation
-        text = self.composer.value or ''
+        text = self.composer.value if isinstance(self.composer.value, str) else ''
         if not text.strip():
             return  # the lesson's rule: an empty message does nothing
         try:
@@ -143,13 +145,18 @@ class Workspace:
         except InvalidInput as refusal:
             ui.notify(refusal.message, type='negative', multi_line=True)
             return
-        send_id = self.book.send_id(conversation.patient_id)  # taken before any await: a double click shares it
+        if not self._owns_notebook():
+            ui.navigate.to('/login')
+            return
+        send_id = self.send_id  # taken before any await: a double click shares it
         message = await self._post(conversation, send_id, text)
         if message is None:
             return
-        self.book.forget_draft(conversation.patient_id)
+        if self.send_id == send_id:
+            self.send_id = Notebook.new_send_id()
+        self.book.forget_draft(conversation.patient_id, send_id)
         if message.text != text.strip():  # an earlier send of this draft had been stored; this text was not
-            self.book.save_draft(conversation.patient_id, text)
+            self.book.save_draft(conversation.patient_id, text, self.send_id)
             ui.notify(
                 'An earlier send of this draft had been saved (shown above); your edited text is still in the box.',
                 type='info',
@@ -164,7 +171,13 @@ class Workspace:
             ui.download.from_url(f'/export/{self.conversation.patient_id}/{fmt}')
 
     async def log_out(self) -> None:
-        await auth.sign_out(self.token)
+        try:
+            await auth.sign_out(self.token)
+        except (SQLAlchemyError, OSError):
+            # this browser forgets the session all the same; the server ends it at its maximum age
+            log.warning('session not ended on the server: the database could not be reached')
+            if self._owns_notebook():
+                self.book.sign_out()
         ui.navigate.to('/login')
 
     # ----- writing ------------------------------------------------------------------------------------
@@ -196,7 +209,8 @@ class Workspace:
         if self.conversation is not None and self.conversation.id == message.conversation_id:
             if self.list.has_newer:
                 await self._reload_newest()  # the clinician wrote while reading far back: jump to the newest
-            self._show_message(message)
+            if not self._show_message(message) and message.id not in self.list.views:
+                ui.notify('Saved. Scroll down to see the newest messages.', type='positive')
             ui.run_javascript('window.casebookScroll.toNewest()')
         return message
 
@@ -264,6 +278,9 @@ class Workspace:
                 except CasebookError as refusal:
                     error.set_text(refusal.message)
                     return
+                except (SQLAlchemyError, OSError):
+                    error.set_text(UNREACHABLE)
+                    return
                 self.signed = replace(self.signed, clinician=changed)
                 self._show_header()
                 dialog.close()
@@ -278,15 +295,24 @@ class Workspace:
     # ----- reading ------------------------------------------------------------------------------------
 
     async def _open(self, patient_id: str) -> bool:
+        early: list[ConversationEvent] = []  # events published while the newest page is being read
+
+        async def buffer(event: ConversationEvent) -> None:
+            early.append(event)
+
+        unsubscribe_buffer = lambda: None  # noqa: E731
         try:
             async with runtime.current().database.session() as session:
-                conversation = await conversations.open_conversation(
+                # reading only, when the conversation exists: opening works while a long import holds the write lock
+                conversation = await conversations.find_conversation(
                     session, clinician=self.clinician, patient_id=patient_id
-                )
+                ) or await conversations.open_conversation(session, clinician=self.clinician, patient_id=patient_id)
+                unsubscribe_buffer = runtime.current().hub.subscribe(conversation.id, buffer)
                 latest = await conversations.latest_messages(
                     session, clinician=self.clinician, conversation_id=conversation.id
                 )
         except (SQLAlchemyError, OSError) as error:
+            unsubscribe_buffer()
             log.warning('patient not opened: %s', type(error).__name__)
             ui.notify(
                 'Could not open the patient: the database could not be reached. Please try again.', type='negative'
@@ -295,35 +321,53 @@ class Workspace:
         self.unsubscribe()
         self.conversation = conversation
         self.unsubscribe = runtime.current().hub.subscribe(conversation.id, self._on_event)
+        unsubscribe_buffer()
         self.book.patient_id = conversation.patient_id
         self._show_header()
         self.title.set_text(f'Conversation about {conversation.patient_id}')
         self.list.reset(latest)
+        for event in early:
+            await self._on_event(event)
         self._update_empty()
         self.composer.enable()
         self.send_button.enable()
         self.export_button.set_visibility(True)
-        draft = self.book.draft(conversation.patient_id)
+        draft, self.send_id = self.book.draft_and_id(conversation.patient_id)
         if self.composer.value != draft:
             self.composer.value = draft
-        await self._show_recent()
         ui.run_javascript('window.casebookScroll && window.casebookScroll.toNewest()')
+        background_tasks.create(self._mark_opened(conversation), name='recent patients')
         return True
+
+    async def _mark_opened(self, conversation: ConversationInfo) -> None:
+        try:
+            async with runtime.current().database.session() as session:
+                await conversations.mark_opened(session, clinician=self.clinician, conversation_id=conversation.id)
+        except (SQLAlchemyError, OSError):
+            log.warning('recent patients not updated: the database is busy')
+        with self.client:
+            await self._show_recent()
 
     async def _load_older(self) -> None:
         """Scrolled to the top: the page before the oldest shown, keeping the reading position."""
         if self.loading or self.conversation is None or self.list.at_beginning or self.list.oldest_id is None:
             return
-        conversation = self.conversation
+        conversation, before_id, generation = self.conversation, self.list.oldest_id, self.list.generation
         self.loading = True
         self.list.set_loading(True)
         try:
+            if not await self._still_signed_in():
+                return
             async with runtime.current().database.session() as session:
                 older = await conversations.latest_messages(
-                    session, clinician=self.clinician, conversation_id=conversation.id, before_id=self.list.oldest_id
+                    session, clinician=self.clinician, conversation_id=conversation.id, before_id=before_id
                 )
-            if self.conversation is conversation:
-                await self._keeping_position(lambda: self.list.prepend(older))
+
+            def fits() -> bool:  # nothing reset or trimmed the window meanwhile (else: scrolling again retries)
+                return self.list.generation == generation and self.list.oldest_id == before_id
+
+            if fits():
+                await self._keeping_position(lambda: fits() and self.list.prepend(older))
         except (SQLAlchemyError, OSError):
             ui.notify('Earlier messages could not be loaded; scroll up again to retry.', type='warning')
         finally:
@@ -334,15 +378,23 @@ class Workspace:
         """Scrolled back down after newer messages were dropped from the window: fetch them again."""
         if self.loading or self.conversation is None or not self.list.has_newer or self.list.newest_id is None:
             return
-        conversation = self.conversation
+        conversation, after_id, generation = self.conversation, self.list.newest_id, self.list.generation
         self.loading = True
         try:
+            if not await self._still_signed_in():
+                return
             async with runtime.current().database.session() as session:
                 newer = await conversations.messages_after(
-                    session, clinician=self.clinician, conversation_id=conversation.id, after_id=self.list.newest_id
+                    session, clinician=self.clinician, conversation_id=conversation.id, after_id=after_id
                 )
-            if self.conversation is conversation:
-                await self._keeping_position(lambda: self.list.extend(newer))
+
+            def fits() -> bool:
+                return self.list.generation == generation and self.list.newest_id == after_id
+
+            if fits():
+                await self._keeping_position(lambda: fits() and self.list.extend(newer))
+            if self.list.has_newer and len(newer) < conversations.PAGE_SIZE:
+                background_tasks.create(self._load_newer(), name='newer arrived while loading')
         except (SQLAlchemyError, OSError):
             ui.notify('Newer messages could not be loaded; scroll down again to retry.', type='warning')
         finally:
@@ -358,21 +410,30 @@ class Workspace:
 
     async def _reload_newest(self) -> None:
         assert self.conversation is not None
-        async with runtime.current().database.session() as session:
-            latest = await conversations.latest_messages(
-                session, clinician=self.clinician, conversation_id=self.conversation.id
-            )
+        try:
+            async with runtime.current().database.session() as session:
+                latest = await conversations.latest_messages(
+                    session, clinician=self.clinician, conversation_id=self.conversation.id
+                )
+        except (SQLAlchemyError, OSError):
+            return  # the window stays where it was; the caller says the message was saved
         self.list.reset(latest)
 
     async def _on_event(self, event: ConversationEvent) -> None:
         """Another tab (or this one) changed the conversation this tab shows."""
         if self.conversation is None or event.conversation_id != self.conversation.id:
             return
+        if not self._owns_notebook():
+            return  # this tab's session ended (logged out elsewhere); its next action leads to the login page
         with self.client:
             if event.kind == 'marked':
                 self.list.update(event.message)
-            elif self._show_message(event.message):
+                return
+            if self._show_message(event.message):
                 self.client.run_javascript('window.casebookScroll.followNewest()')
+            if event.message.client_id == self.send_id and self.composer.value == event.message.text:
+                self.composer.value = ''  # another tab sent this very draft
+                self.send_id = Notebook.new_send_id()
 
     def _show_message(self, message: MessageInfo) -> bool:
         shown = self.list.append(message)
@@ -397,8 +458,11 @@ class Workspace:
             self.empty.set_visibility(not len(self.list))
 
     async def _show_recent(self) -> None:
-        async with runtime.current().database.session() as session:
-            recent = await conversations.recent_conversations(session, clinician=self.clinician)
+        try:
+            async with runtime.current().database.session() as session:
+                recent = await conversations.recent_conversations(session, clinician=self.clinician)
+        except (SQLAlchemyError, OSError):
+            return  # the list stays as it was; it is refreshed at the next patient opened
         self.recent_list.clear()
         with self.recent_list:
             if not recent:
@@ -423,8 +487,12 @@ class Workspace:
     # ----- helpers ------------------------------------------------------------------------------------
 
     def _draft_changed(self) -> None:
-        if self.conversation is not None:
-            self.book.save_draft(self.conversation.patient_id, self.composer.value or '')
+        if self.conversation is not None and self._owns_notebook() and isinstance(self.composer.value, str):
+            self.book.save_draft(self.conversation.patient_id, self.composer.value, self.send_id)
+
+    def _owns_notebook(self) -> bool:
+        """False once this browser's notebook belongs to another session (logged out or in as someone else)."""
+        return self.book.token == self.token
 
     async def _still_signed_in(self) -> bool:
         """Every event re-checks the session; a tab whose session ended goes to the login page."""
@@ -433,7 +501,7 @@ class Workspace:
         except (SQLAlchemyError, OSError):
             ui.notify(UNREACHABLE, type='negative')
             return False
-        if signed is None or signed.clinician.id != self.clinician.id:
+        if signed is None or signed.clinician.id != self.clinician.id or not self._owns_notebook():
             ui.navigate.to('/login')
             return False
         self.signed = signed
