@@ -199,13 +199,17 @@ class Workspace:
                     amends_id=amends_id,
                 )
         except CasebookError as refusal:
-            ui.notify(refusal.message, type='negative', multi_line=True)
+            if not self.client.is_deleted:  # the tab may have closed while the database was busy
+                ui.notify(refusal.message, type='negative', multi_line=True)
             return None
         except (SQLAlchemyError, OSError) as error:
             log.warning('message not saved: %s', type(error).__name__)  # never the text itself
-            ui.notify(NOT_SAVED, type='negative', multi_line=True)
+            if not self.client.is_deleted:
+                ui.notify(NOT_SAVED, type='negative', multi_line=True)
             return None
         await runtime.current().hub.publish(ConversationEvent('message', conversation.id, message))
+        if self.client.is_deleted:
+            return None
         if self.conversation is not None and self.conversation.id == message.conversation_id:
             if self.list.has_newer:
                 await self._reload_newest()  # the clinician wrote while reading far back: jump to the newest
