@@ -129,8 +129,10 @@ class Workspace:
             self.patient_error.set_text(refusal.message)
             return
         self.patient_error.set_text('')
-        if await self._open(patient_id):
-            self.patient_input.value = ''
+        typed = self.patient_input.value
+        self.patient_input.value = ''  # at once: whatever is typed while the patient opens is kept
+        if not await self._open(patient_id) and not self.patient_input.value:
+            self.patient_input.value = typed  # not opened: give the ID back to try again
 
     async def send(self) -> None:
         if self.conversation is None:
