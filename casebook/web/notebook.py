@@ -54,10 +54,6 @@ class Notebook:
     def token(self) -> str | None:
         return self._storage.get(SESSION)
 
-    @property
-    def clinician_id(self) -> int | None:
-        return self._storage.get(CLINICIAN)
-
     def sign_in(self, *, token: str, clinician_id: int) -> None:
         """Keep the new session; another clinician's open patient and drafts are wiped first."""
         if self._storage.get(CLINICIAN) != clinician_id:

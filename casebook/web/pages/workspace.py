@@ -39,10 +39,9 @@ def register() -> None:
 async def workspace_page() -> RedirectResponse | None:
     if await auth.needs_first_account():
         return RedirectResponse('/setup', status_code=303)
+    signed = await auth.current()
     book = auth.notebook()
-    signed = await auth.signed_in(book.token)
     if signed is None or book.token is None:
-        book.sign_out()
         return RedirectResponse('/login', status_code=303)
     workspace = Workspace(signed, book.token, book)
     await workspace.build()
