@@ -32,7 +32,15 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, echo=echo, pool_pre_ping=not url.startswith('sqlite'))
+        sqlite = url.startswith('sqlite')
+        self.engine: AsyncEngine = create_async_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=not sqlite,
+            # Sessions always end their transactions themselves (commit, or rollback on close), so SQLite's
+            # extra rollback when a connection goes back to the pool only costs a trip to aiosqlite's thread.
+            pool_reset_on_return=None if sqlite else 'rollback',
+        )
         if self.engine.dialect.name == 'sqlite':
             event.listen(self.engine.sync_engine, 'connect', _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -222,38 +223,57 @@ async def post_message(
     amends_id: int | None = None,
 ) -> tuple[MessageInfo, bool]:
     """Append a message (a correction when `amends_id` is given); a retry with the same client id returns
-    the stored one. True when newly stored."""
+    the stored one. True when newly stored.
+
+    Three statements and the commit, whatever the conversation's length: this is the path every send takes.
+    """
     text = normalize_message(text)
     client_id = _check_client_id(client_id)
-    conversation = await _owned(session, clinician, conversation_id)
     if amends_id is not None:
         original = await session.get(Message, amends_id)
         if original is None or original.conversation_id != conversation_id:
+            await _owned(session, clinician, conversation_id)  # "no such conversation" before "no such message"
             raise NotFound('No such message.')
         if original.author_id != clinician.id:
             raise InvalidInput('Only the author of a message can correct it.')
-    if (existing := await _by_client_id(session, conversation_id, client_id)) is not None:
-        return existing, False
     now = utcnow()
-    message = Message(
-        conversation_id=conversation_id,
-        client_id=client_id,
-        author_id=clinician.id,
-        sender_role=clinician.sender_role,
-        text=text,
-        sent_at=now,
-        amends_id=amends_id,
+    owned = await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.clinician_id == clinician.id)
+        .values(last_message_at=now)
+        .execution_options(synchronize_session=False)
     )
-    session.add(message)
-    conversation.last_message_at = now
-    try:
-        await session.commit()
-    except IntegrityError:  # the same send raced itself (double click, reconnect): keep the first
+    if owned.rowcount != 1:
+        raise NotFound('No such conversation.')
+    values = {
+        'conversation_id': conversation_id,
+        'client_id': client_id,
+        'author_id': clinician.id,
+        'sender_role': clinician.sender_role,
+        'text': text,
+        'sent_at': now,
+        'amends_id': amends_id,
+    }
+    insert = _dialect_insert(session)(Message).values(values)
+    new_id = await session.scalar(
+        insert.on_conflict_do_nothing(index_elements=['conversation_id', 'client_id']).returning(Message.id)
+    )
+    if new_id is None:  # this send was stored before (double click, reconnect, retry): keep the first
         await session.rollback()
-        if (existing := await _by_client_id(session, conversation_id, client_id)) is not None:
-            return existing, False
-        raise
-    return _message_info(message, clinician.display_name), True
+        existing = await _by_client_id(session, conversation_id, client_id)
+        if existing is None:  # cannot happen while messages are never deleted
+            raise NotFound('No such message.')
+        return existing, False
+    await session.commit()
+    author, role = clinician.display_name, clinician.sender_role
+    return MessageInfo(new_id, conversation_id, client_id, author, role, text, now, amends_id), True
+
+
+def _dialect_insert(session: AsyncSession):
+    """INSERT … ON CONFLICT DO NOTHING is spelled the same on SQLite and PostgreSQL, but lives in each dialect."""
+    if session.bind is not None and session.bind.dialect.name == 'postgresql':
+        return postgresql.insert
+    return sqlite.insert
 
 
 async def _by_client_id(session: AsyncSession, conversation_id: int, client_id: str) -> MessageInfo | None:

@@ -42,25 +42,56 @@ window.addEventListener('scroll', () => {
 """
 
 
-class MessageView:
-    """One message's element; only its status line and strike-through ever change."""
+MESSAGE_CSS = """
+.casebook-text { white-space: pre-wrap; overflow-wrap: anywhere; }
+.casebook-message { width: 100%; border-radius: 0.5rem; background: #eff6ff; padding: 0.5rem 0.75rem; }
+.casebook-message-head { display: flex; flex-wrap: wrap; align-items: center; column-gap: 0.5rem; }
+.casebook-message-sender { font-weight: 600; }
+.casebook-message-author { font-size: 0.875rem; color: #374151; }
+.casebook-message-stamp { font-size: 0.75rem; color: #374151; }
+.casebook-message-status {
+  font-size: 0.75rem; font-weight: 600; text-transform: uppercase; letter-spacing: 0.025em; color: #78350f;
+}
+.casebook-message-actions {
+  margin-left: auto; min-width: 2rem; min-height: 2rem; border-radius: 9999px; color: #374151;
+  font-size: 1.25rem; line-height: 1; cursor: pointer;
+}
+.casebook-message-actions:hover { background: rgba(0, 0, 0, 0.06); }
+.casebook-message-actions:focus-visible { outline: 2px solid #1d4ed8; outline-offset: 2px; }
+.casebook-struck { text-decoration: line-through; color: #374151; }
+"""
+
+
+class MessageCard(ui.element, component='message_card.js'):
+    """One message on screen, one element: only its status and strike-through ever change."""
 
     def __init__(self, message: MessageInfo, stamp: str, on_actions: Callable[[int], Awaitable[None]]) -> None:
+        super().__init__()
+        self._text = message.text  # rendered by Vue as a text node: never HTML
+        self._props['sender'] = message.sender_role.capitalize()
+        self._props['author'] = message.author_name
+        self._props['stamp'] = stamp
         self.message = message
-        with ui.column().classes('w-full gap-0 rounded-lg bg-blue-50 px-3 py-2').props('role=article') as self.element:
-            with ui.row().classes('w-full items-center gap-x-2 gap-y-0 flex-wrap'):
-                ui.label(message.sender_role.capitalize()).classes('font-semibold')
-                ui.label(message.author_name).classes('text-sm text-gray-700')
-                self.stamp = ui.label(stamp).classes('text-xs text-gray-700')
-                self.status = ui.label().classes('text-xs font-semibold uppercase tracking-wide text-amber-900')
-                ui.space()
-                ui.button(icon='more_vert', on_click=lambda: on_actions(message.id)).props(
-                    'flat round dense size=sm aria-label="Correct or mark this message"'
-                ).classes('text-gray-700')
-            self.text = ui.label(message.text).classes('casebook-text')
-        self.apply(message)
+        self.on('actions', lambda: on_actions(message.id))
+        self._set_status(message)
+
+    @property
+    def text(self) -> str:
+        return self.message.text
+
+    @property
+    def status(self) -> str:
+        return self._props.get('status', '')
+
+    def set_stamp(self, stamp: str) -> None:
+        self._props['stamp'] = stamp
+        self.update()
 
     def apply(self, message: MessageInfo) -> None:
+        self._set_status(message)
+        self.update()
+
+    def _set_status(self, message: MessageInfo) -> None:
         self.message = message
         notes = []
         if message.amends_id is not None:
@@ -69,12 +100,11 @@ class MessageView:
             notes.append('Corrected below')
         if message.entered_in_error:
             notes.append('Entered in error')
-        self.status.set_text(' · '.join(notes))
-        self.status.set_visibility(bool(notes))
-        self.text.classes(
-            add='line-through text-gray-700' if message.entered_in_error else '',
-            remove='' if message.entered_in_error else 'line-through text-gray-700',
-        )
+        self._props['status'] = ' · '.join(notes)
+        self._props['struck'] = message.entered_in_error
+
+    def _displayed_contents(self, *, only_visible: bool) -> list:
+        return [self.message.text, self._props['sender'], self._props['author'], self._props['stamp'], self.status]
 
 
 class MessageList:
@@ -83,11 +113,12 @@ class MessageList:
     def __init__(self, on_actions: Callable[[int], Awaitable[None]], on_older: Callable[[], Awaitable[None]]) -> None:
         self.on_actions = on_actions
         self.zone = ZoneInfo('UTC')
-        self.views: dict[int, MessageView] = {}
+        self.views: dict[int, MessageCard] = {}
         self.at_beginning = True
         self.has_newer = False  # newer messages were dropped from the window
         self.latest_known_id = 0  # the newest message id this tab has heard of, shown or not
         self.generation = 0  # bumped by reset: a page fetched before it no longer fits
+        ui.add_css(MESSAGE_CSS)
         with ui.column().classes('w-full items-center gap-1'):
             self.spinner = ui.spinner(size='md').props('aria-label="Loading earlier messages"')
             self.spinner.set_visibility(False)
@@ -132,14 +163,14 @@ class MessageList:
         view = self._add(message)
         later = [message_id for message_id in self.views if message_id > message.id]
         if later:  # delivered out of order (another tab's send overtook this one's): keep id order on screen
-            view.element.move(self.column, target_index=len(self.views) - 1 - len(later))
+            view.move(self.column, target_index=len(self.views) - 1 - len(later))
         self._trim(keep='newest')
         return True
 
     def prepend(self, older: list[MessageInfo]) -> None:
         """Add the page before the oldest shown (oldest first); drops the newest beyond the window."""
         for index, message in enumerate(m for m in older if m.id not in self.views):
-            self._add(message).element.move(self.column, target_index=index)
+            self._add(message).move(self.column, target_index=index)
         self.at_beginning = len(older) < PAGE_SIZE
         self._trim(keep='oldest')
         self._show_ends()
@@ -160,7 +191,7 @@ class MessageList:
     def set_zone(self, zone: ZoneInfo) -> None:
         self.zone = zone
         for view in self.views.values():
-            view.stamp.set_text(self.format(view.message.sent_at))
+            view.set_stamp(self.format(view.message.sent_at))
 
     def format(self, moment: datetime) -> str:
         return moment.astimezone(self.zone).strftime('%Y-%m-%d %H:%M')
@@ -170,9 +201,9 @@ class MessageList:
 
     # ----- internals ----------------------------------------------------------------------------------
 
-    def _add(self, message: MessageInfo) -> MessageView:
+    def _add(self, message: MessageInfo) -> MessageCard:
         with self.column:
-            view = MessageView(message, self.format(message.sent_at), self.on_actions)
+            view = MessageCard(message, self.format(message.sent_at), self.on_actions)
         self.views[message.id] = view
         return view
 
@@ -183,7 +214,7 @@ class MessageList:
         ordered = sorted(self.views)
         dropped = ordered[-excess:] if keep == 'oldest' else ordered[:excess]
         for message_id in dropped:
-            self.column.remove(self.views.pop(message_id).element)
+            self.column.remove(self.views.pop(message_id))
         if keep == 'oldest':
             self.has_newer = True
         else:

@@ -50,6 +50,9 @@ class Notebook:
             if good != drafts:
                 self._storage[DRAFTS] = good
 
+    def same_browser(self, other: Notebook) -> bool:
+        return self._storage is other._storage
+
     @property
     def token(self) -> str | None:
         return self._storage.get(SESSION)
@@ -101,7 +104,8 @@ class Notebook:
             drafts[patient_id] = {'text': text[: MESSAGE_MAX * 2], 'id': send_id}
         while len(drafts) > MAX_DRAFTS:
             drafts.pop(next(iter(drafts)))
-        self._storage[DRAFTS] = drafts
+        if drafts != self._storage.get(DRAFTS, {}):  # each write rewrites the browser's storage file
+            self._storage[DRAFTS] = drafts
 
     def forget_draft(self, patient_id: str, send_id: str) -> None:
         """The draft sent with this id was stored; a draft typed since (another id) is kept."""

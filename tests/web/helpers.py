@@ -8,6 +8,7 @@ from nicegui import ui
 from nicegui.testing import User
 
 from casebook.web import runtime
+from casebook.web.message_list import MessageCard
 from tests.conftest import PASSWORD, add_clinician
 
 
@@ -54,12 +55,7 @@ def send(user: User, text: str, *, enter: bool = False) -> None:
 def shown_messages(user: User) -> list[str]:
     """The texts of the messages in the conversation, in page order (not the composer's draft)."""
     logs = [element for element in user.client.elements.values() if element.props.get('role') == 'log']
-    texts = []
-    for log in logs:
-        for article in log.default_slot.children:
-            labels = [child for child in article.descendants() if isinstance(child, ui.label)]
-            texts.append(labels[-1].text)
-    return texts
+    return [card.text for log in logs for card in log.default_slot.children if isinstance(card, MessageCard)]
 
 
 async def should_see_message(user: User, text: str) -> None:

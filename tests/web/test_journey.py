@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from casebook.models import Message
 from casebook.web import runtime
+from casebook.web.pages import workspace
 from tests.conftest import PASSWORD
 from tests.web.helpers import (
     add,
@@ -116,6 +117,7 @@ async def test_restart_keeps_everything(user: User) -> None:
     composer(user).value = 'draft across restart'
     await settle()
     # What a restart loses: the in-memory notebooks and the database connections. Both come back from disk.
+    workspace.flush_all_drafts()  # the server's shutdown does this before NiceGUI closes the notebooks
     for storage in app.storage._users.values():
         await storage.close()  # writes the notebook file
     app.storage._users.clear()

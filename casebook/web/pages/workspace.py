@@ -6,16 +6,18 @@ acts only on the conversation this tab holds on the server, never on an id sent 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from dataclasses import replace
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.responses import RedirectResponse
-from nicegui import background_tasks, ui
+from nicegui import app, background_tasks, ui
 from sqlalchemy.exc import SQLAlchemyError
 
 from casebook.live import ConversationEvent
-from casebook.services import accounts, conversations
+from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
@@ -28,12 +30,23 @@ log = logging.getLogger(__name__)
 
 NOT_SAVED = 'Not saved: the database could not be reached. Your text is still in the box; press Send to try again.'
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
+DRAFT_DELAY = 1.0  # seconds after the last keystroke before a draft is written
 TIMEZONE_JS = 'Intl.DateTimeFormat().resolvedOptions().timeZone'
 EXPORTS = {'json': 'Casebook JSON', 'fhir': 'FHIR R4 bundle', 'markdown': 'Markdown transcript'}
 
 
+OPEN_TABS: weakref.WeakSet[Workspace] = weakref.WeakSet()
+
+
 def register() -> None:
     ui.page('/', title='Casebook')(workspace_page)
+    app.on_shutdown(flush_all_drafts)  # registered before NiceGUI's own, which closes the notebooks' files
+
+
+def flush_all_drafts() -> None:
+    """Write every draft still waiting for its moment (the server is stopping)."""
+    for tab in list(OPEN_TABS):
+        tab._flush_draft()
 
 
 async def workspace_page() -> RedirectResponse | None:
@@ -60,6 +73,8 @@ class Workspace:
         self.unsubscribe = lambda: None
         self.loading = False
         self.send_id = Notebook.new_send_id()  # the id the composer's text is sent with, kept across retries
+        self.pending_draft: tuple[str, str, str] | None = None  # (patient, text, send id) not yet written
+        self.draft_timer: asyncio.TimerHandle | None = None
 
     @property
     def clinician(self) -> accounts.ClinicianInfo:
@@ -68,7 +83,12 @@ class Workspace:
     async def build(self) -> None:
         # first: whatever fails below, no subscription outlives the tab
         self.client.on_delete(lambda: self.unsubscribe())
-        ui.add_css('.casebook-text { white-space: pre-wrap; overflow-wrap: anywhere; }')
+        self.client.on_delete(self._flush_draft)
+        self.client.on_disconnect(self._flush_draft)
+        for other in list(OPEN_TABS):  # a reload (or a new tab) of this browser finds every draft written
+            if other.book.same_browser(self.book):
+                other._flush_draft()
+        OPEN_TABS.add(self)
         ui.add_body_html(SCROLL_JS)
         with ui.left_drawer(bordered=True).props('width=260').classes('gap-1') as drawer:
             heading('Recent patients', level=2, classes='text-base font-semibold')
@@ -155,6 +175,9 @@ class Workspace:
             return
         if self.send_id == send_id:
             self.send_id = Notebook.new_send_id()
+        if self.pending_draft is not None and self.pending_draft[2] == send_id:  # not written yet: never needs to be
+            patient, pending_text, _ = self.pending_draft
+            self.pending_draft = None if pending_text == text else (patient, pending_text, self.send_id)
         self.book.forget_draft(conversation.patient_id, send_id)
         if message.text != text.strip():  # an earlier send of this draft had been stored; this text was not
             self.book.save_draft(conversation.patient_id, text, self.send_id)
@@ -186,11 +209,16 @@ class Workspace:
     async def _post(
         self, conversation: ConversationInfo, send_id: str, text: str, amends_id: int | None = None
     ) -> MessageInfo | None:
-        """Store a message and show it here and in every other tab; None (and the user told) when not stored."""
-        if not await self._still_signed_in():
-            return None
+        """Store a message and show it here and in every other tab; None (and the user told) when not stored.
+
+        The session check and the message share one database session: the fewest round trips per send.
+        """
+        rt = runtime.current()
         try:
-            async with runtime.current().database.session() as session:
+            async with rt.database.session() as session:
+                signed = await sessions.resolve(session, self.token, max_age=rt.session_max_age)
+                if not self._accept(signed):
+                    return None
                 message, _created = await conversations.post_message(
                     session,
                     clinician=self.clinician,
@@ -337,6 +365,7 @@ class Workspace:
         self.composer.enable()
         self.send_button.enable()
         self.export_button.set_visibility(True)
+        self._flush_draft()
         draft, self.send_id = self.book.draft_and_id(conversation.patient_id)
         if self.composer.value != draft:
             self.composer.value = draft
@@ -492,8 +521,23 @@ class Workspace:
     # ----- helpers ------------------------------------------------------------------------------------
 
     def _draft_changed(self) -> None:
+        """Keep the draft in the browser's notebook a moment after typing pauses (and when the tab goes away).
+
+        Not on every keystroke: each write rewrites the notebook's file, and a message typed and sent within
+        the moment never needs writing at all.
+        """
         if self.conversation is not None and self._owns_notebook() and isinstance(self.composer.value, str):
-            self.book.save_draft(self.conversation.patient_id, self.composer.value, self.send_id)
+            self.pending_draft = (self.conversation.patient_id, self.composer.value, self.send_id)
+            if self.draft_timer is None:
+                self.draft_timer = asyncio.get_running_loop().call_later(DRAFT_DELAY, self._flush_draft)
+
+    def _flush_draft(self) -> None:
+        if self.draft_timer is not None:
+            self.draft_timer.cancel()
+            self.draft_timer = None
+        if self.pending_draft is not None and self._owns_notebook():
+            self.book.save_draft(*self.pending_draft)
+        self.pending_draft = None
 
     def _owns_notebook(self) -> bool:
         """False once this browser's notebook belongs to another session (logged out or in as someone else)."""
@@ -506,8 +550,13 @@ class Workspace:
         except (SQLAlchemyError, OSError):
             ui.notify(UNREACHABLE, type='negative')
             return False
+        return self._accept(signed)
+
+    def _accept(self, signed: SignedIn | None) -> bool:
+        """Keep acting for this session while it lives; otherwise go to the login page."""
         if signed is None or signed.clinician.id != self.clinician.id or not self._owns_notebook():
-            ui.navigate.to('/login')
+            if not self.client.is_deleted:
+                ui.navigate.to('/login')
             return False
         self.signed = signed
         return True

@@ -1,0 +1,40 @@
+// One message of the conversation as a single NiceGUI element.
+//
+// NiceGUI re-renders the whole element tree on every update, so the cost of a send in the browser grows
+// with the number of elements on the page. Drawing sender, author, time, status and the actions button
+// here, from props, keeps it at one element per message. Everything is rendered as text by Vue, never as
+// HTML; the message text itself arrives as the element's text (the default slot).
+import { h } from "vue";
+
+export default {
+  props: {
+    sender: String,
+    author: String,
+    stamp: String,
+    status: String,
+    struck: Boolean,
+  },
+  emits: ["actions"],
+  render() {
+    return h("div", { role: "article", class: "casebook-message" }, [
+      h("div", { class: "casebook-message-head" }, [
+        h("span", { class: "casebook-message-sender" }, this.sender),
+        h("span", { class: "casebook-message-author" }, this.author),
+        h("span", { class: "casebook-message-stamp" }, this.stamp),
+        this.status ? h("span", { class: "casebook-message-status" }, this.status) : null,
+        h(
+          "button",
+          {
+            type: "button",
+            class: "casebook-message-actions",
+            "aria-label": "Correct or mark this message",
+            title: "Correct or mark this message",
+            onClick: () => this.$emit("actions"),
+          },
+          "\u22EE",
+        ),
+      ]),
+      h("div", { class: this.struck ? "casebook-text casebook-struck" : "casebook-text" }, this.$slots.default?.()),
+    ]);
+  },
+};
