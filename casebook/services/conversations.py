@@ -7,10 +7,11 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from casebook.models import Clinician, Conversation, EnteredInError, Message, utcnow
 from casebook.services.accounts import ClinicianInfo
@@ -223,25 +224,47 @@ async def post_message(
     amends_id: int | None = None,
 ) -> tuple[MessageInfo, bool]:
     """Append a message (a correction when `amends_id` is given); a retry with the same client id returns
-    the stored one. True when newly stored.
+    the stored one. True when newly stored."""
+    return await session.run_sync(
+        lambda sync: post_message_sync(
+            sync,
+            clinician=clinician,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            text=text,
+            amends_id=amends_id,
+        )
+    )
+
+
+def post_message_sync(
+    session: Session,
+    *,
+    clinician: ClinicianInfo,
+    conversation_id: int,
+    client_id: str,
+    text: str,
+    amends_id: int | None = None,
+) -> tuple[MessageInfo, bool]:
+    """`post_message` for a plain Session (a unit of work run by `Database.run`).
 
     Three statements and the commit, whatever the conversation's length: this is the path every send takes.
     """
     text = normalize_message(text)
     client_id = _check_client_id(client_id)
     if amends_id is not None:
-        original = await session.get(Message, amends_id)
+        original = session.get(Message, amends_id)
         if original is None or original.conversation_id != conversation_id:
-            await _owned(session, clinician, conversation_id)  # "no such conversation" before "no such message"
+            conversation = session.get(Conversation, conversation_id)  # "no such conversation" comes first
+            if conversation is None or conversation.clinician_id != clinician.id:
+                raise NotFound('No such conversation.')
             raise NotFound('No such message.')
         if original.author_id != clinician.id:
             raise InvalidInput('Only the author of a message can correct it.')
     now = utcnow()
-    owned = await session.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation_id, Conversation.clinician_id == clinician.id)
-        .values(last_message_at=now)
-        .execution_options(synchronize_session=False)
+    connection = session.connection()
+    owned = connection.execute(
+        _TOUCH_CONVERSATION, {'conversation': conversation_id, 'owner': clinician.id, 'now': now}
     )
     if owned.rowcount != 1:
         raise NotFound('No such conversation.')
@@ -254,35 +277,38 @@ async def post_message(
         'sent_at': now,
         'amends_id': amends_id,
     }
-    insert = _dialect_insert(session)(Message).values(values)
-    new_id = await session.scalar(
-        insert.on_conflict_do_nothing(index_elements=['conversation_id', 'client_id']).returning(Message.id)
-    )
+    new_id = connection.execute(_insert_message(connection.dialect.name), values).scalar()
     if new_id is None:  # this send was stored before (double click, reconnect, retry): keep the first
-        await session.rollback()
-        existing = await _by_client_id(session, conversation_id, client_id)
-        if existing is None:  # cannot happen while messages are never deleted
+        session.rollback()
+        row = session.execute(
+            _message_query().where(Message.conversation_id == conversation_id, Message.client_id == client_id)
+        ).first()
+        if row is None:  # cannot happen while messages are never deleted
             raise NotFound('No such message.')
-        return existing, False
-    await session.commit()
+        return _message_info(*row), False
+    session.commit()
     author, role = clinician.display_name, clinician.sender_role
     return MessageInfo(new_id, conversation_id, client_id, author, role, text, now, amends_id), True
 
 
-def _dialect_insert(session: AsyncSession):
-    """INSERT … ON CONFLICT DO NOTHING is spelled the same on SQLite and PostgreSQL, but lives in each dialect."""
-    if session.bind is not None and session.bind.dialect.name == 'postgresql':
-        return postgresql.insert
-    return sqlite.insert
+_CONVERSATIONS, _MESSAGES = Conversation.__table__, Message.__table__
+# Built once: a send runs these, and building a statement costs more than running it.
+_TOUCH_CONVERSATION = (
+    update(_CONVERSATIONS)
+    .where(_CONVERSATIONS.c.id == bindparam('conversation'), _CONVERSATIONS.c.clinician_id == bindparam('owner'))
+    .values(last_message_at=bindparam('now'))
+)
+_INSERT_MESSAGE = {
+    # INSERT … ON CONFLICT DO NOTHING is spelled the same on SQLite and PostgreSQL, but lives in each dialect
+    name: dialect.insert(_MESSAGES)
+    .on_conflict_do_nothing(index_elements=['conversation_id', 'client_id'])
+    .returning(_MESSAGES.c.id)
+    for name, dialect in (('sqlite', sqlite), ('postgresql', postgresql))
+}
 
 
-async def _by_client_id(session: AsyncSession, conversation_id: int, client_id: str) -> MessageInfo | None:
-    row = (
-        await session.execute(
-            _message_query().where(Message.conversation_id == conversation_id, Message.client_id == client_id)
-        )
-    ).first()
-    return _message_info(*row) if row is not None else None
+def _insert_message(dialect_name: str):
+    return _INSERT_MESSAGE['postgresql' if dialect_name == 'postgresql' else 'sqlite']
 
 
 async def mark_entered_in_error(

@@ -7,12 +7,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from casebook.models import AuthSession, Clinician, utcnow
-from casebook.services.accounts import ClinicianInfo, to_info
+from casebook.services.accounts import ClinicianInfo
 
 TOUCH_INTERVAL = timedelta(seconds=60)  # last-seen is written at most this often per session
 
@@ -42,31 +43,49 @@ async def start(session: AsyncSession, *, clinician_id: int, user_agent: str = '
 
 async def resolve(session: AsyncSession, token: object, *, max_age: timedelta) -> SignedIn | None:
     """Who a token signs in, or None when it is unknown, ended, too old, or its clinician disabled."""
+    return await session.run_sync(resolve_sync, token, max_age=max_age)
+
+
+_SESSIONS, _CLINICIANS = AuthSession.__table__, Clinician.__table__
+# Built once: the session check runs on every event, and building a statement costs more than running it.
+_RESOLVE = (
+    select(
+        _SESSIONS.c.id,
+        _SESSIONS.c.created_at,
+        _SESSIONS.c.last_seen_at,
+        _SESSIONS.c.ended_at,
+        _CLINICIANS.c.id.label('clinician_id'),
+        _CLINICIANS.c.username,
+        _CLINICIANS.c.display_name,
+        _CLINICIANS.c.role,
+        _CLINICIANS.c.disabled,
+    )
+    .join(_CLINICIANS, _CLINICIANS.c.id == _SESSIONS.c.clinician_id)
+    .where(_SESSIONS.c.id == bindparam('session_id'))
+)
+_TOUCH = update(_SESSIONS).where(_SESSIONS.c.id == bindparam('session')).values(last_seen_at=bindparam('now'))
+
+
+def resolve_sync(session: Session, token: object, *, max_age: timedelta) -> SignedIn | None:
+    """`resolve` for a plain Session (a unit of work run by `Database.run`)."""
     if not isinstance(token, str) or not 20 <= len(token) <= 100:
         return None
-    row = (
-        await session.execute(
-            select(AuthSession, Clinician)
-            .join(Clinician, Clinician.id == AuthSession.clinician_id)
-            .where(AuthSession.id == _digest(token))
-        )
-    ).first()
-    if row is None:
+    connection = session.connection()
+    row = connection.execute(_RESOLVE, {'session_id': _digest(token)}).first()
+    if row is None or row.ended_at is not None or row.disabled:
         return None
-    auth, clinician = row
     now = utcnow()
-    if auth.ended_at is not None or clinician.disabled:
+    if now - row.created_at > max_age:
+        _end_sync(session, row.id, 'expired')
         return None
-    if now - auth.created_at > max_age:
-        await _end(session, auth.id, 'expired')
-        return None
-    if now - auth.last_seen_at > TOUCH_INTERVAL:
-        auth.last_seen_at = now
+    if now - row.last_seen_at > TOUCH_INTERVAL:
         try:
-            await session.commit()
+            connection.execute(_TOUCH, {'session': row.id, 'now': now})
+            session.commit()
         except OperationalError:  # the database is busy writing: last-seen can wait for the next request
-            await session.rollback()
-    return SignedIn(auth.id, to_info(clinician), auth.created_at)
+            session.rollback()
+    clinician = ClinicianInfo(row.clinician_id, row.username, row.display_name, row.role)
+    return SignedIn(row.id, clinician, row.created_at)
 
 
 async def end(session: AsyncSession, token: object, *, reason: str = 'logout') -> None:
@@ -76,9 +95,13 @@ async def end(session: AsyncSession, token: object, *, reason: str = 'logout') -
 
 
 async def _end(session: AsyncSession, session_id: str, reason: str) -> None:
-    await session.execute(
+    await session.run_sync(_end_sync, session_id, reason)
+
+
+def _end_sync(session: Session, session_id: str, reason: str) -> None:
+    session.execute(
         update(AuthSession)
         .where(AuthSession.id == session_id, AuthSession.ended_at.is_(None))
         .values(ended_at=utcnow(), end_reason=reason)
     )
-    await session.commit()
+    session.commit()

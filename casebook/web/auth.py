@@ -19,8 +19,8 @@ async def signed_in(token: str | None) -> SignedIn | None:
     if token is None:
         return None
     rt = runtime.current()
-    async with rt.database.session() as session:
-        return await sessions.resolve(session, token, max_age=rt.session_max_age)
+    max_age = rt.session_max_age
+    return await rt.database.run(lambda session: sessions.resolve_sync(session, token, max_age=max_age))
 
 
 async def current() -> SignedIn | None:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi.responses import RedirectResponse
 from nicegui import app, background_tasks, ui
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from casebook.live import ConversationEvent
 from casebook.services import accounts, conversations, sessions
@@ -211,22 +212,30 @@ class Workspace:
     ) -> MessageInfo | None:
         """Store a message and show it here and in every other tab; None (and the user told) when not stored.
 
-        The session check and the message share one database session: the fewest round trips per send.
+        The session check and the message are one unit of work: one trip to the database per send.
         """
         rt = runtime.current()
+        token, clinician_id, max_age = self.token, self.clinician.id, rt.session_max_age
+
+        def store(session: Session) -> tuple[SignedIn | None, MessageInfo | None]:
+            signed = sessions.resolve_sync(session, token, max_age=max_age)
+            if signed is None or signed.clinician.id != clinician_id:
+                return signed, None
+            message, _created = conversations.post_message_sync(
+                session,
+                clinician=signed.clinician,
+                conversation_id=conversation.id,
+                client_id=send_id,
+                text=text,
+                amends_id=amends_id,
+            )
+            return signed, message
+
         try:
-            async with rt.database.session() as session:
-                signed = await sessions.resolve(session, self.token, max_age=rt.session_max_age)
-                if not self._accept(signed):
-                    return None
-                message, _created = await conversations.post_message(
-                    session,
-                    clinician=self.clinician,
-                    conversation_id=conversation.id,
-                    client_id=send_id,
-                    text=text,
-                    amends_id=amends_id,
-                )
+            signed, stored = await rt.database.run(store)
+            if not self._accept(signed) or stored is None:
+                return None
+            message = stored
         except CasebookError as refusal:
             if not self.client.is_deleted:  # the tab may have closed while the database was busy
                 ui.notify(refusal.message, type='negative', multi_line=True)
