@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 from nicegui import app, ui
 
@@ -60,7 +61,18 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(first, second, 1000)
 
 
+def tune_thread_switching() -> None:
+    """Hand the interpreter to a waiting thread after 1 ms instead of 5 ms.
+
+    The database threads run Python (SQLAlchemy) beside the event loop; when both want the interpreter,
+    the loop could wait up to the switch interval for each turn. bench/load.py at 500 clients: p99 send→ack
+    136 and 113 ms with the default, 78 ms with 1 ms, at the same CPU.
+    """
+    sys.setswitchinterval(0.001)
+
+
 def serve(settings: Settings, *, host: str, port: int) -> None:
     build(settings)
     tune_garbage_collector()
+    tune_thread_switching()
     ui.run(host=host, port=port, uvicorn_logging_level='warning', **run_options(settings))
