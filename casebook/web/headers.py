@@ -1,14 +1,40 @@
-"""Response headers for every page: no caching of patient data, no framing, no referrer leaks."""
+"""Response headers for every page: no caching of patient data, no framing, no referrer leaks, and a
+Content-Security-Policy.
+
+The policy allows only this origin for scripts, styles, images, fonts and connections, nothing to frame
+the app, no plugins, and forms and <base> only to this origin. NiceGUI needs two concessions for scripts:
+'unsafe-inline' (its page template starts the app with inline scripts, without nonces) and 'unsafe-eval'
+(Vue compiles NiceGUI's slot templates at run time, and NiceGUI evaluates `:prop` expressions and
+`run_javascript` code). Casebook never puts text a user typed into HTML or script: message text is a
+text node, so the policy is a second line of defence, not the first.
+"""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+CONTENT_SECURITY_POLICY = '; '.join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline' 'unsafe-eval'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 BASE_HEADERS = [
     (b'x-content-type-options', b'nosniff'),
     (b'referrer-policy', b'no-referrer'),
     (b'x-frame-options', b'DENY'),
+    (b'content-security-policy', CONTENT_SECURITY_POLICY.encode()),
 ]
+REPLACED = {name for name, _ in BASE_HEADERS}
 
 
 class SecurityHeadersMiddleware:
@@ -28,7 +54,7 @@ class SecurityHeadersMiddleware:
                 headers = [
                     (k, v)
                     for k, v in message.get('headers', [])
-                    if k.lower() not in {b'x-content-type-options', b'referrer-policy', b'x-frame-options'}
+                    if k.lower() not in REPLACED
                 ]
                 headers += BASE_HEADERS + self.extra
                 content_type = next((v for k, v in headers if k.lower() == b'content-type'), b'')
