@@ -67,7 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument('--format', choices=['json', 'fhir', 'markdown'], default='json')
     save.add_argument('-o', '--output', type=Path, help='the file to write (default: standard output)')
     save.set_defaults(handler=_export)
+
+    audit = commands.add_parser('audit', help='the audit trail').add_subparsers(dest='action', required=True)
+    verify = audit.add_parser('verify', help='check the hash chain; exit 1 and name the first broken row if any')
+    verify.set_defaults(handler=_audit_verify)
     return parser
+
+
+CLI_ACTOR = '(command line)'
+
+
+def _audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
+    from casebook.services import audit
+
+    verdict = _run_with_db(settings, audit.verify)
+    if not verdict.ok:
+        print(f'casebook: audit trail broken: {verdict.problem}', file=sys.stderr)
+        return 1
+    print(f'audit trail intact: {verdict.rows} rows')
+    return 0
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -120,14 +138,17 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int:
-    from casebook.services import accounts
+    from casebook.services import accounts, audit
 
     password = _read_password(args.password_stdin)
 
     async def add(session):
-        return await accounts.add_clinician(
+        clinician = await accounts.add_clinician(
             session, username=args.username, display_name=args.display_name, password=password, role=args.role
         )
+        detail = f'{clinician.username} as {clinician.role}'
+        await audit.record_now(session, audit.Entry(audit.ADMIN_ADD, actor=CLI_ACTOR, detail=detail))
+        return clinician
 
     clinician = _run_with_db(settings, add)
     print(f'added {clinician.role} {clinician.username} ({clinician.display_name})')
@@ -144,7 +165,7 @@ async def _clinician(session, username: str):
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
-    from casebook.services import exchange
+    from casebook.services import audit, exchange
 
     try:
         source = args.file.open('rb')
@@ -155,11 +176,15 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
     async def load(session):
         clinician = await _clinician(session, args.user)
         try:
-            return await exchange.import_conversation(
+            result = await exchange.import_conversation(
                 session, clinician=clinician, source=source, progress=bar.update if bar else None
             )
         except CasebookError as error:  # the file's fault: say which file
             raise CommandError(f'{args.file}: {error}') from error
+        detail = f'{result.imported} messages for {clinician.username}'
+        entry = audit.Entry(audit.IMPORT, actor=CLI_ACTOR, patient_id=result.patient_id, detail=detail)
+        await audit.record_now(session, entry)
+        return result
 
     try:
         with source:
@@ -212,7 +237,7 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _write_export(settings: Settings, args: argparse.Namespace, output: BinaryIO) -> None:
-    from casebook.services import exchange
+    from casebook.services import audit, exchange
 
     async def save(session):
         clinician = await _clinician(session, args.user)
@@ -221,6 +246,10 @@ def _write_export(settings: Settings, args: argparse.Namespace, output: BinaryIO
         )
         async for chunk in chunks:
             output.write(chunk.encode())
+        detail = f'{args.format} of {clinician.username}'
+        await audit.record_now(
+            session, audit.Entry(audit.EXPORT, actor=CLI_ACTOR, patient_id=args.patient, detail=detail)
+        )
 
     _run_with_db(settings, save)
     output.flush()

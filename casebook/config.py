@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description='SQLAlchemy async URL; default SQLite in the data dir.')
     redis_url: str | None = Field(None, description='Redis for shared storage and live updates; unset: one instance.')
     storage_secret: SecretStr | None = Field(None, description='Signs the session cookie; unset: generated once.')
-    idle_timeout_minutes: int = Field(15, ge=1, le=24 * 60, description='Automatic logoff after inactivity.')
+    idle_timeout_minutes: float = Field(15, gt=0, le=24 * 60, description='Automatic logoff after inactivity.')
     session_max_hours: int = Field(12, ge=1, le=24 * 30, description='Re-login required after this long.')
     open_registration: bool = Field(False, description='Let anyone create an account after the first one.')
     https: bool = Field(False, description='Served behind a TLS proxy: Secure cookies and HSTS.')

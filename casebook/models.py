@@ -147,3 +147,41 @@ class EnteredInError(Base):
     message_id: Mapped[int] = mapped_column(BigId, ForeignKey('messages.id'), unique=True)
     marked_by: Mapped[int] = mapped_column(ForeignKey('clinicians.id'))
     marked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """One line of the append-only audit trail: who did what, when, from where, to which patient.
+
+    Never message text or passwords. Each row carries a SHA-256 over its own content and the previous row's
+    hash, so a row changed, removed or inserted out of order breaks the chain (`casebook audit verify`).
+    The database refuses UPDATE and DELETE on this table (triggers, migration 0004).
+    """
+
+    __tablename__ = 'audit_events'
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)  # 1, 2, 3, … without gaps
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(40))
+    actor_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # no foreign key: the trail outlives rows
+    actor: Mapped[str] = mapped_column(String(64), default='')
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    address: Mapped[str] = mapped_column(String(64), default='')
+    detail: Mapped[str] = mapped_column(String(200), default='')
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (
+        Index('ix_audit_events_at', 'at'),
+        Index('ix_audit_events_actor_id', 'actor_id'),
+    )
+
+
+class AuditHead(Base):
+    """The chain's newest sequence number and hash, in one row: appending updates it first, which
+    serialises writers (and lets verify notice rows removed from the end)."""
+
+    __tablename__ = 'audit_head'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigId, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (CheckConstraint('id = 1', name='single_row'),)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -21,6 +23,7 @@ ROLES = ('doctor', 'nurse', 'admin')
 USERNAME_PATTERN = re.compile(r'[a-z0-9][a-z0-9._-]{1,63}')
 PASSWORD_MIN, PASSWORD_MAX = 12, 128
 DISPLAY_NAME_MAX = 100
+COMMON_PASSWORDS_FILE = Path(__file__).resolve().parent.parent / 'data' / 'common-passwords.txt'
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -73,12 +76,45 @@ def normalize_display_name(raw: str) -> str:
     return name
 
 
-def check_password(password: str) -> None:
-    """Length only, no composition rules (NIST SP 800-63B)."""
+def check_password(password: str, *, username: str = '') -> None:
+    """Length and a list of common passwords, no composition rules (NIST SP 800-63B 5.1.1.2)."""
     if len(password or '') < PASSWORD_MIN:
         raise InvalidInput(f'Password: at least {PASSWORD_MIN} characters.')
     if len(password) > PASSWORD_MAX:
         raise InvalidInput(f'Password: at most {PASSWORD_MAX} characters.')
+    if is_common_password(password):
+        raise InvalidInput('Password: this one is on a list of commonly used passwords; please choose another.')
+    folded = password.casefold()
+    if username and len(username) >= 3 and username.casefold() in folded:
+        raise InvalidInput('Password: please do not include your username.')
+    if len(set(folded)) < 4 or _mostly_sequential(folded):
+        raise InvalidInput('Password: repeated or sequential characters (like "abcd1234") are easy to guess.')
+
+
+def _mostly_sequential(text: str) -> bool:
+    """`1234567890123`, `abcdefghijkl`, `zyxwvutsrqpo`: nearly every character follows from the one before."""
+    pairs = list(itertools.pairwise(text))
+    following = sum(1 for a, b in pairs if abs(ord(b) - ord(a)) <= 1 or {a, b} == {'9', '0'})
+    return following >= 0.8 * len(pairs)
+
+
+def is_common_password(password: str) -> bool:
+    """On the shipped list, as it is or with only digits and punctuation added around a listed one."""
+    folded = password.strip().casefold()
+    words = _common_passwords()
+    if folded in words:
+        return True
+    core = folded.strip(_PADDING)
+    return len(core) >= 4 and core in words
+
+
+_PADDING = '0123456789!@#$%^&*()-_=+.,;:?~ '
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    lines = COMMON_PASSWORDS_FILE.read_text(encoding='utf-8').splitlines()
+    return frozenset(line for line in lines if line and not line.startswith('#'))
 
 
 def check_role(role: str) -> str:
@@ -140,7 +176,7 @@ async def add_clinician(
 async def _new_clinician(*, username: str, display_name: str, password: str, role: str) -> Clinician:
     username = normalize_username(username)
     display_name = normalize_display_name(display_name)
-    check_password(password)
+    check_password(password, username=username)
     check_role(role)
     return Clinician(
         username=username,
@@ -181,3 +217,75 @@ async def change_display_name(session: AsyncSession, *, clinician_id: int, displ
     clinician.display_name = normalize_display_name(display_name)
     await session.commit()
     return to_info(clinician)
+
+
+@dataclass(frozen=True)
+class ClinicianRow:
+    """A clinician as the admin page lists them."""
+
+    id: int
+    username: str
+    display_name: str
+    role: str
+    disabled: bool
+
+
+async def change_password(session: AsyncSession, *, clinician_id: int, current: str, new: str) -> None:
+    """The clinician's own change: the current password first, then the same rules as for a new account."""
+    clinician = await session.get_one(Clinician, clinician_id)
+    if not await _verify(clinician.password_hash, current or ''):
+        raise InvalidInput('Current password: that is not it.')
+    check_password(new, username=clinician.username)
+    clinician.password_hash = await hash_password(new)
+    await session.commit()
+
+
+async def list_clinicians(session: AsyncSession) -> list[ClinicianRow]:
+    rows = await session.scalars(select(Clinician).order_by(Clinician.username))
+    return [ClinicianRow(c.id, c.username, c.display_name, c.role, c.disabled) for c in rows]
+
+
+async def _other_admins(session: AsyncSession, clinician_id: int) -> int:
+    return await session.scalar(
+        select(func.count())
+        .select_from(Clinician)
+        .where(Clinician.role == 'admin', Clinician.disabled.is_(False), Clinician.id != clinician_id)
+    )
+
+
+async def set_disabled(
+    session: AsyncSession, *, admin: ClinicianInfo, clinician_id: int, disabled: bool
+) -> ClinicianRow:
+    """Disable (or enable again) an account; the caller ends its sessions. Not one's own, not the last admin."""
+    clinician = await session.get(Clinician, clinician_id)
+    if clinician is None:
+        raise InvalidInput('No such clinician.')
+    if disabled and clinician.id == admin.id:
+        raise InvalidInput('You cannot disable your own account.')
+    if disabled and clinician.role == 'admin' and not await _other_admins(session, clinician.id):
+        raise InvalidInput('This is the last active admin; make someone else an admin first.')
+    clinician.disabled = disabled
+    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, clinician.role, disabled)
+
+
+async def reset_password(session: AsyncSession, *, clinician_id: int, new: str) -> ClinicianRow:
+    clinician = await session.get(Clinician, clinician_id)
+    if clinician is None:
+        raise InvalidInput('No such clinician.')
+    check_password(new, username=clinician.username)
+    clinician.password_hash = await hash_password(new)
+    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, clinician.role, clinician.disabled)
+
+
+async def change_role(session: AsyncSession, *, admin: ClinicianInfo, clinician_id: int, role: str) -> ClinicianRow:
+    clinician = await session.get(Clinician, clinician_id)
+    if clinician is None:
+        raise InvalidInput('No such clinician.')
+    check_role(role)
+    if clinician.role == 'admin' and role != 'admin':
+        if clinician.id == admin.id:
+            raise InvalidInput('You cannot take away your own admin role.')
+        if not await _other_admins(session, clinician.id):
+            raise InvalidInput('This is the last active admin; make someone else an admin first.')
+    clinician.role = role
+    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, role, clinician.disabled)

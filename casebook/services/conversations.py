@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from casebook.models import Clinician, Conversation, EnteredInError, Message, utcnow
+from casebook.services import audit
 from casebook.services.accounts import ClinicianInfo
 from casebook.services.errors import InvalidInput, NotFound
 
@@ -100,13 +101,19 @@ async def find_conversation(
     return _conversation_info(conversation) if conversation is not None else None
 
 
-async def mark_opened(session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int) -> None:
-    """Move a conversation to the top of the clinician's recent patients."""
-    await session.execute(
+async def mark_opened(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, address: str = ''
+) -> None:
+    """Move a conversation to the top of the clinician's recent patients (and note the opening in the audit)."""
+    patient_id = await session.scalar(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.clinician_id == clinician.id)
         .values(last_opened_at=utcnow())
+        .returning(Conversation.patient_id)
     )
+    if patient_id is not None:
+        entry = audit.Entry(audit.PATIENT_OPENED, clinician.id, clinician.username, patient_id, address)
+        await audit.record(session, entry)
     await session.commit()
 
 
@@ -222,6 +229,8 @@ async def post_message(
     client_id: str,
     text: str,
     amends_id: int | None = None,
+    patient_id: str | None = None,
+    address: str = '',
 ) -> tuple[MessageInfo, bool]:
     """Append a message (a correction when `amends_id` is given); a retry with the same client id returns
     the stored one. True when newly stored."""
@@ -233,6 +242,8 @@ async def post_message(
             client_id=client_id,
             text=text,
             amends_id=amends_id,
+            patient_id=patient_id,
+            address=address,
         )
     )
 
@@ -245,10 +256,13 @@ def post_message_sync(
     client_id: str,
     text: str,
     amends_id: int | None = None,
+    patient_id: str | None = None,
+    address: str = '',
 ) -> tuple[MessageInfo, bool]:
     """`post_message` for a plain Session (a unit of work run by `Database.run`).
 
-    Three statements and the commit, whatever the conversation's length: this is the path every send takes.
+    A few prepared statements and one commit, whatever the conversation's length (the path every send takes);
+    the audit row (which message, never its text) is committed with the message.
     """
     text = normalize_message(text)
     client_id = _check_client_id(client_id)
@@ -286,6 +300,18 @@ def post_message_sync(
         if row is None:  # cannot happen while messages are never deleted
             raise NotFound('No such message.')
         return _message_info(*row), False
+    action, detail = (
+        (audit.MESSAGE_WRITTEN, f'message {new_id}')
+        if amends_id is None
+        else (
+            audit.CORRECTION,
+            f'message {new_id} corrects message {amends_id}',
+        )
+    )
+    audit.record_sync(
+        session,
+        audit.Entry(action, clinician.id, clinician.username, patient_id, address, detail),
+    )
     session.commit()
     author, role = clinician.display_name, clinician.sender_role
     return MessageInfo(new_id, conversation_id, client_id, author, role, text, now, amends_id), True
@@ -312,10 +338,11 @@ def _insert_message(dialect_name: str):
 
 
 async def mark_entered_in_error(
-    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, message_id: int
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, message_id: int, address: str = ''
 ) -> MessageInfo:
     """Mark a message as entered in error (kept, shown struck through); marking twice changes nothing."""
-    await _owned(session, clinician, conversation_id)
+    conversation = await _owned(session, clinician, conversation_id)
+    patient_id = conversation.patient_id
     message = await session.get(Message, message_id)
     if message is None or message.conversation_id != conversation_id:
         raise NotFound('No such message.')
@@ -324,6 +351,10 @@ async def mark_entered_in_error(
     exists = await session.scalar(select(EnteredInError.id).where(EnteredInError.message_id == message_id))
     if exists is None:
         session.add(EnteredInError(message_id=message_id, marked_by=clinician.id))
+        entry = audit.Entry(
+            audit.ENTERED_IN_ERROR, clinician.id, clinician.username, patient_id, address, f'message {message_id}'
+        )
+        await audit.record(session, entry)
         try:
             await session.commit()
         except IntegrityError:  # marked in another tab at the same moment

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from casebook.models import AuthSession, Clinician, utcnow
+from casebook.services import audit
 from casebook.services.accounts import ClinicianInfo
 
-TOUCH_INTERVAL = timedelta(seconds=60)  # last-seen is written at most this often per session
+TOUCH_INTERVAL = timedelta(seconds=20)  # last-seen is written at most this often per session
 
 
 @dataclass(frozen=True)
@@ -25,25 +26,51 @@ class SignedIn:
     session_id: str
     clinician: ClinicianInfo
     created_at: datetime
+    last_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One of a clinician's live sessions, as the Sessions view lists it."""
+
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    user_agent: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a session lives: `max_age` after sign-in at most, `idle` after the last activity."""
+
+    max_age: timedelta
+    idle: timedelta | None = None
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def start(session: AsyncSession, *, clinician_id: int, user_agent: str = '', address: str = '') -> str:
+async def start(
+    session: AsyncSession, *, clinician_id: int, user_agent: str = '', address: str = '', username: str = ''
+) -> str:
     """Open a new session for a clinician who has just proven who they are; returns the browser's token."""
     token = secrets.token_urlsafe(32)
     session.add(
         AuthSession(id=_digest(token), clinician_id=clinician_id, user_agent=user_agent[:256], address=address[:64])
     )
+    await audit.record(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address))
     await session.commit()
     return token
 
 
-async def resolve(session: AsyncSession, token: object, *, max_age: timedelta) -> SignedIn | None:
-    """Who a token signs in, or None when it is unknown, ended, too old, or its clinician disabled."""
-    return await session.run_sync(resolve_sync, token, max_age=max_age)
+async def resolve(
+    session: AsyncSession, token: object, *, max_age: timedelta, idle: timedelta | None = None, touch: bool = True
+) -> SignedIn | None:
+    """Who a token signs in, or None when it is unknown, ended, too old, idle too long, or its clinician
+    disabled. `touch`: this is the clinician's activity (it keeps the session from idling out)."""
+    return await session.run_sync(lambda sync: resolve_sync(sync, token, max_age=max_age, idle=idle, touch=touch))
 
 
 _SESSIONS, _CLINICIANS = AuthSession.__table__, Clinician.__table__
@@ -66,7 +93,9 @@ _RESOLVE = (
 _TOUCH = update(_SESSIONS).where(_SESSIONS.c.id == bindparam('session')).values(last_seen_at=bindparam('now'))
 
 
-def resolve_sync(session: Session, token: object, *, max_age: timedelta) -> SignedIn | None:
+def resolve_sync(
+    session: Session, token: object, *, max_age: timedelta, idle: timedelta | None = None, touch: bool = True
+) -> SignedIn | None:
     """`resolve` for a plain Session (a unit of work run by `Database.run`)."""
     if not isinstance(token, str) or not 20 <= len(token) <= 100:
         return None
@@ -78,30 +107,96 @@ def resolve_sync(session: Session, token: object, *, max_age: timedelta) -> Sign
     if now - row.created_at > max_age:
         _end_sync(session, row.id, 'expired')
         return None
-    if now - row.last_seen_at > TOUCH_INTERVAL:
+    if idle is not None and now - row.last_seen_at > idle:
+        _end_sync(session, row.id, 'idle')
+        return None
+    last_seen = row.last_seen_at
+    interval = TOUCH_INTERVAL if idle is None else min(TOUCH_INTERVAL, idle / 4)
+    if touch and now - row.last_seen_at > interval:
         try:
             connection.execute(_TOUCH, {'session': row.id, 'now': now})
             session.commit()
+            last_seen = now
         except OperationalError:  # the database is busy writing: last-seen can wait for the next request
             session.rollback()
     clinician = ClinicianInfo(row.clinician_id, row.username, row.display_name, row.role)
-    return SignedIn(row.id, clinician, row.created_at)
+    return SignedIn(row.id, clinician, row.created_at, last_seen)
 
 
-async def end(session: AsyncSession, token: object, *, reason: str = 'logout') -> None:
-    """End the session this token belongs to, at once, for every tab that uses it."""
+async def end(session: AsyncSession, token: object, *, reason: str = 'manual', address: str = '') -> str | None:
+    """End the session this token belongs to, at once, for every tab that uses it; its id, when it was live."""
     if isinstance(token, str):
-        await _end(session, _digest(token), reason)
+        return await _end(session, _digest(token), reason, address)
+    return None
 
 
-async def _end(session: AsyncSession, session_id: str, reason: str) -> None:
-    await session.run_sync(_end_sync, session_id, reason)
+async def _end(session: AsyncSession, session_id: str, reason: str, address: str = '') -> str | None:
+    return await session.run_sync(_end_sync, session_id, reason, address)
 
 
-def _end_sync(session: Session, session_id: str, reason: str) -> None:
-    session.execute(
+async def end_reason(session: AsyncSession, token: object) -> str | None:
+    """Why the session behind this token ended (idle, expired, manual, …), or None when it lives or is unknown."""
+    if not isinstance(token, str) or not 20 <= len(token) <= 100:
+        return None
+    return await session.scalar(select(AuthSession.end_reason).where(AuthSession.id == _digest(token)))
+
+
+async def list_active(session: AsyncSession, *, clinician_id: int, limits: Limits) -> list[SessionInfo]:
+    """The clinician's sessions that still live, the most recently used first."""
+    now = utcnow()
+    query = (
+        select(AuthSession)
+        .where(
+            AuthSession.clinician_id == clinician_id,
+            AuthSession.ended_at.is_(None),
+            AuthSession.created_at > now - limits.max_age,
+        )
+        .order_by(AuthSession.last_seen_at.desc())
+    )
+    rows = await session.scalars(query)
+    return [
+        SessionInfo(row.id, row.created_at, row.last_seen_at, row.user_agent, row.address)
+        for row in rows
+        if limits.idle is None or now - row.last_seen_at <= limits.idle
+    ]
+
+
+async def end_own(
+    session: AsyncSession, *, clinician_id: int, session_ids: list[str], reason: str, address: str = ''
+) -> frozenset[str]:
+    """End some of this clinician's own sessions (ids of anyone else's are ignored); the ids ended."""
+    owned = await session.scalars(
+        select(AuthSession.id).where(AuthSession.clinician_id == clinician_id, AuthSession.id.in_(session_ids))
+    )
+    ended = set()
+    for session_id in list(owned):
+        if await _end(session, session_id, reason, address):
+            ended.add(session_id)
+    return frozenset(ended)
+
+
+async def end_all(
+    session: AsyncSession, *, clinician_id: int, reason: str, address: str = '', keep: str | None = None
+) -> frozenset[str]:
+    """End every live session of a clinician (but `keep`); the ids ended."""
+    live = await session.scalars(
+        select(AuthSession.id).where(AuthSession.clinician_id == clinician_id, AuthSession.ended_at.is_(None))
+    )
+    ids = [session_id for session_id in live if session_id != keep]
+    return await end_own(session, clinician_id=clinician_id, session_ids=ids, reason=reason, address=address)
+
+
+def _end_sync(session: Session, session_id: str, reason: str, address: str = '') -> str | None:
+    """End one live session, noting it in the audit trail; an ended session stays as it is."""
+    ended = session.execute(
         update(AuthSession)
         .where(AuthSession.id == session_id, AuthSession.ended_at.is_(None))
         .values(ended_at=utcnow(), end_reason=reason)
-    )
+        .returning(AuthSession.clinician_id)
+    ).first()
+    if ended is not None:
+        username = session.scalar(select(Clinician.username).where(Clinician.id == ended.clinician_id)) or ''
+        entry = audit.Entry(audit.LOGOFF, ended.clinician_id, username, None, address, reason)
+        audit.record_sync(session, entry)
     session.commit()
+    return session_id if ended is not None else None

@@ -29,3 +29,11 @@ def form_card(title: str, subtitle: str) -> Iterator[ui.label]:
 def show_error(label: ui.label, message: str) -> None:
     label.set_text(message)
     label.set_visibility(bool(message))
+
+
+def duration(minutes: float) -> str:
+    """`15 minutes`, `1 minute`, `30 seconds`: a timeout as a person would say it."""
+    if minutes < 1:
+        seconds = round(minutes * 60)
+        return f'{seconds} second{"s" if seconds != 1 else ""}'
+    return f'{minutes:g} minute{"s" if minutes != 1 else ""}'

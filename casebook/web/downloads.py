@@ -8,7 +8,7 @@ from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from nicegui import app
 
-from casebook.services import exchange
+from casebook.services import audit, exchange
 from casebook.services.errors import CasebookError, NotFound
 from casebook.web import auth, runtime
 
@@ -31,6 +31,11 @@ async def export(request: Request, patient_id: str, fmt: str) -> Response:
     except (NotFound, CasebookError):
         await stack.aclose()
         return PlainTextResponse('No such conversation.', status_code=404)
+    clinician = signed.clinician
+    address = request.client.host if request.client else ''
+    async with runtime.current().database.session() as audit_session:
+        entry = audit.Entry(audit.EXPORT, clinician.id, clinician.username, patient_id, address, fmt)
+        await audit.record_now(audit_session, entry)
 
     async def body():
         async with stack:  # the database session lives exactly as long as the stream

@@ -67,7 +67,7 @@ class MessageCard(ui.element, component='message_card.js'):
 
     def __init__(self, message: MessageInfo, stamp: str, on_actions: Callable[[int], Awaitable[None]]) -> None:
         super().__init__()
-        self._text = message.text  # rendered by Vue as a text node: never HTML
+        self._props['text'] = message.text  # rendered by Vue as a text node: never HTML
         self._props['sender'] = message.sender_role.capitalize()
         self._props['author'] = message.author_name
         self._props['stamp'] = stamp

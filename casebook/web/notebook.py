@@ -19,7 +19,9 @@ CLINICIAN = 'clinician_id'
 PATIENT = 'patient_id'
 DRAFTS = 'drafts'
 TIMEZONE = 'timezone'
-KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE}
+ENDED = 'ended'
+KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE, ENDED}
+ENDED_REASONS = ('idle', 'expired', 'ended-elsewhere', 'password-changed', 'disabled')
 MAX_DRAFTS = 20  # drafts of this many patients at most; the oldest are dropped first
 TIMEZONE_PATTERN = re.compile(r'[A-Za-z0-9_+\-/]{1,64}')
 
@@ -40,6 +42,7 @@ class Notebook:
             PATIENT: lambda v: isinstance(v, str) and PATIENT_ID_PATTERN.fullmatch(v) is not None,
             DRAFTS: lambda v: isinstance(v, dict),
             TIMEZONE: lambda v: isinstance(v, str) and TIMEZONE_PATTERN.fullmatch(v) is not None,
+            ENDED: lambda v: v in ENDED_REASONS,
         }
         for key, valid in checks.items():
             if key in self._storage and not valid(self._storage[key]):
@@ -64,9 +67,24 @@ class Notebook:
         self._storage[SESSION] = token
         self._storage[CLINICIAN] = clinician_id
 
-    def sign_out(self) -> None:
-        """Forget the session; the open patient and drafts stay for the same clinician's next sign-in."""
+    def take_over(self, old: Notebook, *, token: str, clinician_id: int) -> None:
+        """Sign in under a new storage identifier, keeping what the old one held for the same clinician."""
+        self.sign_in(token=token, clinician_id=clinician_id)
+        if old._storage.get(CLINICIAN) == clinician_id:
+            for key in (PATIENT, DRAFTS, TIMEZONE):
+                if key in old._storage:
+                    self._storage[key] = old._storage[key]
+
+    def sign_out(self, *, reason: str | None = None) -> None:
+        """Forget the session; the open patient and drafts stay for the same clinician's next sign-in.
+        `reason`: why it ended, for the login page to say once."""
         self._storage.pop(SESSION, None)
+        if reason in ENDED_REASONS:
+            self._storage[ENDED] = reason
+
+    def take_ended_reason(self) -> str | None:
+        """Why the last session ended (once: it is forgotten when read)."""
+        return self._storage.pop(ENDED, None)
 
     @property
     def patient_id(self) -> str | None:
@@ -104,15 +122,22 @@ class Notebook:
             drafts[patient_id] = {'text': text[: MESSAGE_MAX * 2], 'id': send_id}
         while len(drafts) > MAX_DRAFTS:
             drafts.pop(next(iter(drafts)))
-        if drafts != self._storage.get(DRAFTS, {}):  # each write rewrites the browser's storage file
+        if drafts == self._storage.get(DRAFTS, {}):
+            return  # each write rewrites the browser's storage file
+        if drafts:
             self._storage[DRAFTS] = drafts
+        else:
+            self._storage.pop(DRAFTS, None)
 
     def forget_draft(self, patient_id: str, send_id: str) -> None:
         """The draft sent with this id was stored; a draft typed since (another id) is kept."""
         drafts = dict(self._storage.get(DRAFTS, {}))
         if drafts.get(patient_id, {}).get('id') == send_id:
             del drafts[patient_id]
-            self._storage[DRAFTS] = drafts
+            if drafts:
+                self._storage[DRAFTS] = drafts
+            else:
+                self._storage.pop(DRAFTS, None)
 
 
 def _valid_draft(patient_id: object, draft: object) -> bool:

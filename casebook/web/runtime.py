@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from casebook.config import Settings
 from casebook.db import Database
 from casebook.live import LocalHub
+from casebook.services.sessions import Limits
+from casebook.services.throttle import LoginThrottle
 
 
 @dataclass
@@ -15,10 +17,19 @@ class Runtime:
     settings: Settings
     database: Database
     hub: LocalHub
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     @property
     def session_max_age(self) -> timedelta:
         return timedelta(hours=self.settings.session_max_hours)
+
+    @property
+    def idle_timeout(self) -> timedelta:
+        return timedelta(minutes=self.settings.idle_timeout_minutes)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.session_max_age, self.idle_timeout)
 
 
 _current: Runtime | None = None

@@ -10,9 +10,9 @@ from nicegui import app, ui
 from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub
-from casebook.web import downloads, runtime
+from casebook.web import auth, downloads, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
-from casebook.web.pages import accounts, workspace
+from casebook.web.pages import accounts, admin, workspace
 
 SESSION_COOKIE_DAYS = 30
 
@@ -26,9 +26,11 @@ def build(settings: Settings) -> None:
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
+    auth.register()
     accounts.register()
     downloads.register()
     workspace.register()
+    admin.register()
 
 
 def run_options(settings: Settings) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from nicegui import ui
+from nicegui import app, ui
 from nicegui.testing import User
 
 from casebook.web import runtime
@@ -42,6 +42,12 @@ async def open_patient(user: User, patient_id: str, *, enter: bool = False, vali
         user.find(kind=ui.button, content='Open patient').click()
     if valid:
         await user.should_see(f'Conversation about {patient_id.strip()}')
+
+
+def notebook_storage(user: User):
+    """The browser's `app.storage.user` as the page now in front of `user` sees it (the identifier changes
+    at every login, so the test's own `app.storage.user` would be the one from before)."""
+    return app.storage._users[user.client.request.session['id']]
 
 
 def send(user: User, text: str, *, enter: bool = False) -> None:

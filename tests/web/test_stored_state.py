@@ -8,7 +8,15 @@ import pytest
 from nicegui import app, ui
 from nicegui.testing import User
 
-from tests.web.helpers import create_first_account, log_in, open_patient, send, should_see_message, shown_messages
+from tests.web.helpers import (
+    create_first_account,
+    log_in,
+    notebook_storage,
+    open_patient,
+    send,
+    should_see_message,
+    shown_messages,
+)
 
 
 async def restart_storage(mangle=None) -> None:
@@ -47,14 +55,14 @@ async def test_corrupt_storage_file_means_signed_out(user: User, content: str) -
 )
 async def test_outdated_or_tampered_storage_means_signed_out(user: User, stored: dict) -> None:
     await create_first_account(user)
-    app.storage.user.clear()
-    app.storage.user.update(stored)
+    notebook_storage(user).clear()
+    notebook_storage(user).update(stored)
     await user.open('/')
     await user.should_see('Log in')
     await log_in(user, 'ada')
     await user.should_see('User: Dr. Ada | Patient: (not set)')
-    assert 'conversation' not in app.storage.user
-    assert set(app.storage.user) <= {'session', 'clinician_id', 'patient_id', 'drafts', 'timezone'}
+    assert 'conversation' not in notebook_storage(user)
+    assert set(notebook_storage(user)) <= {'session', 'clinician_id', 'patient_id', 'drafts', 'timezone'}
 
 
 async def test_storage_stays_small_however_long_the_conversation(user: User) -> None:
@@ -62,12 +70,12 @@ async def test_storage_stays_small_however_long_the_conversation(user: User) -> 
     await open_patient(user, 'PAT123')
     send(user, 'first')
     await should_see_message(user, 'first')
-    size_after_one = len(repr(dict(app.storage.user)))
+    size_after_one = len(repr(dict(notebook_storage(user))))
     for n in range(20):
         send(user, f'message {n} ' + 'x' * 500)
         await should_see_message(user, f'message {n} ' + 'x' * 500)
     assert len(shown_messages(user)) == 21
-    assert len(repr(dict(app.storage.user))) <= size_after_one + 10  # nothing about the conversation is kept
+    assert len(repr(dict(notebook_storage(user)))) <= size_after_one + 10  # nothing about the conversation is kept
 
 
 async def test_double_send_stores_and_shows_once(user: User) -> None:

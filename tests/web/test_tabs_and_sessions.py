@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
-from nicegui import app, ui
+from nicegui import ui
 from nicegui.testing import User
 
 from casebook.services import sessions
 from casebook.web import runtime
-from tests.web.helpers import add, create_first_account, log_in, open_patient, send, should_see_message, shown_messages
+from tests.web.helpers import (
+    add,
+    create_first_account,
+    log_in,
+    notebook_storage,
+    open_patient,
+    send,
+    should_see_message,
+    shown_messages,
+)
 from tests.web.test_history_and_live import scroll_to_top, seed
 from tests.web.test_journey import composer, settle, stored_texts
 
@@ -31,7 +40,7 @@ async def test_a_forgotten_tab_cannot_write_into_the_next_clinicians_notebook(us
     user.client = bobs_tab
     await open_patient(user, 'PAT1')
     assert composer(user).value == ''
-    assert 'ada' not in repr(dict(app.storage.user))
+    assert 'ada' not in repr(dict(notebook_storage(user)))
     assert await stored_texts() == []
 
 
@@ -40,7 +49,7 @@ async def test_an_ended_session_loads_nothing_more(user: User) -> None:
     await seed('PAT1', 130)
     await open_patient(user, 'PAT1')
     async with runtime.current().database.session() as session:
-        await sessions.end(session, app.storage.user['session'])  # ended elsewhere (logout, disabled account)
+        await sessions.end(session, notebook_storage(user)['session'])  # ended elsewhere (logout, disabled account)
     await scroll_to_top(user)
     await user.should_see('Your notebook is private to you.')  # sent to the login page, not shown older notes
 

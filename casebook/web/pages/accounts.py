@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
-from casebook.services import accounts
+from casebook.services import accounts, audit
 from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
-from casebook.web.components import form_card, show_error
+from casebook.web.components import duration, form_card, show_error
 
 
 def register() -> None:
@@ -56,16 +58,20 @@ def _account_form(*, title: str, subtitle: str, create) -> None:
         ).classes('text-xs text-gray-700')
 
         async def submit() -> None:
+            address = ui.context.client.ip or ''
             try:
                 async with runtime.current().database.session() as session:
                     clinician = await create(
                         session, username=username.value, display_name=display_name.value, password=password.value
                     )
+                    entry = audit.Entry(
+                        audit.ACCOUNT_CREATED, clinician.id, clinician.username, None, address, clinician.role
+                    )
+                    await audit.record_now(session, entry)
             except CasebookError as refusal:
                 show_error(error, refusal.message)
                 return
             await auth.sign_in(clinician)
-            ui.navigate.to('/')
 
         password.on('keydown.enter', submit)
         ui.button('Create account', on_click=submit).classes('w-full')
@@ -76,7 +82,12 @@ async def login_page() -> RedirectResponse | None:
         return RedirectResponse('/setup', status_code=303)
     if await auth.current() is not None:
         return RedirectResponse('/', status_code=303)
+    ended = auth.notebook().take_ended_reason()
     with form_card('Log in', 'Your notebook is private to you.') as error:
+        if ended is not None:
+            ui.label(_ended_message(ended)).props('role=status').classes(
+                'w-full rounded bg-amber-50 text-amber-900 border border-amber-300 px-3 py-2 text-sm'
+            )
         username = ui.input('Username').props('autocomplete=username autofocus').classes('w-full')
         password = (
             ui.input('Password', password=True, password_toggle_button=True)
@@ -85,14 +96,28 @@ async def login_page() -> RedirectResponse | None:
         )
 
         async def submit() -> None:
-            async with runtime.current().database.session() as session:
-                clinician = await accounts.authenticate(session, username=username.value, password=password.value)
+            rt = runtime.current()
+            address = ui.context.client.ip or ''
+            name = username.value if isinstance(username.value, str) else ''
+            attempted = _attempted_username(name)
+            wait = rt.throttle.wait_seconds(attempted, address)
+            if wait > 0:
+                async with rt.database.session() as session:
+                    entry = audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address)
+                    await audit.record_now(session, entry)
+                show_error(error, f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
+                return
+            async with rt.database.session() as session:
+                clinician = await accounts.authenticate(session, username=name, password=password.value)
+                if clinician is None:
+                    rt.throttle.failed(attempted, address)
+                    await audit.record_now(session, audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
             if clinician is None:
                 password.value = ''
                 show_error(error, 'Username or password is incorrect.')
                 return
+            rt.throttle.succeeded(attempted)
             await auth.sign_in(clinician)
-            ui.navigate.to('/')
 
         username.on('keydown.enter', lambda: password.run_method('focus'))
         password.on('keydown.enter', submit)
@@ -100,3 +125,24 @@ async def login_page() -> RedirectResponse | None:
         if runtime.current().settings.open_registration:
             ui.link('Create an account', '/register').classes('text-sm')
     return None
+
+
+def _attempted_username(raw: str) -> str:
+    """What a failed sign-in is recorded and throttled under: the username as typed when it could be one,
+    never anything else (a password typed into the wrong box must not reach the audit trail)."""
+    try:
+        return accounts.normalize_username(raw)
+    except CasebookError:
+        return '(not a username)'
+
+
+def _ended_message(reason: str) -> str:
+    idle = duration(runtime.current().settings.idle_timeout_minutes)
+    hours = runtime.current().settings.session_max_hours
+    return {
+        'idle': f'You were logged off after {idle} without activity. Please log in again.',
+        'expired': f'Your session reached its {hours}-hour limit. Please log in again.',
+        'ended-elsewhere': 'Your session was ended from another of your sessions. Please log in again.',
+        'password-changed': 'Your password was changed in another session. Please log in with the new one.',
+        'disabled': 'Your account was disabled by an administrator.',
+    }.get(reason, 'Please log in again.')

@@ -17,7 +17,7 @@ from nicegui import app, background_tasks, ui
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from casebook.live import ConversationEvent
+from casebook.live import ConversationEvent, SessionsEnded, clinician_topic, conversation_topic
 from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
@@ -26,6 +26,7 @@ from casebook.web import auth, runtime
 from casebook.web.components import heading
 from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
+from casebook.web.safeguards import IdleWatch, password_form, show_sessions
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,11 @@ class Workspace:
             heading('Casebook', classes='text-xl font-semibold')
             self.header_label = ui.label().classes('text-base').props('data-testid=workspace-header')
             ui.space()
+            if self.clinician.is_admin:
+                ui.button('Admin', icon='admin_panel_settings', on_click=lambda: ui.navigate.to('/admin')).props(
+                    'flat color=white no-caps'
+                )
+            ui.button('Sessions', icon='devices', on_click=self._show_sessions).props('flat color=white no-caps')
             ui.button('Profile', icon='person', on_click=self._edit_profile).props('flat color=white no-caps')
             ui.button('Log out', on_click=self.log_out).props('outline color=white')
             with ui.row().classes('w-full items-start gap-2 no-wrap'):
@@ -137,6 +143,9 @@ class Workspace:
         else:
             self._show_no_patient()
         self.client.on_connect(self._on_connect)
+        self.idle = IdleWatch(self.token, self._leave)
+        unsubscribe_sessions = runtime.current().hub.subscribe(clinician_topic(self.clinician.id), self._on_sessions)
+        self.client.on_delete(unsubscribe_sessions)
 
     # ----- events from the browser -------------------------------------------------------------------
 
@@ -197,7 +206,7 @@ class Workspace:
 
     async def log_out(self) -> None:
         try:
-            await auth.sign_out(self.token)
+            await auth.sign_out(self.token, reason='manual', address=self.address)
         except (SQLAlchemyError, OSError):
             # this browser forgets the session all the same; the server ends it at its maximum age
             log.warning('session not ended on the server: the database could not be reached')
@@ -215,10 +224,10 @@ class Workspace:
         The session check and the message are one unit of work: one trip to the database per send.
         """
         rt = runtime.current()
-        token, clinician_id, max_age = self.token, self.clinician.id, rt.session_max_age
+        token, clinician_id, limits, address = self.token, self.clinician.id, rt.limits, self.address
 
         def store(session: Session) -> tuple[SignedIn | None, MessageInfo | None]:
-            signed = sessions.resolve_sync(session, token, max_age=max_age)
+            signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
             if signed is None or signed.clinician.id != clinician_id:
                 return signed, None
             message, _created = conversations.post_message_sync(
@@ -228,6 +237,8 @@ class Workspace:
                 client_id=send_id,
                 text=text,
                 amends_id=amends_id,
+                patient_id=conversation.patient_id,
+                address=address,
             )
             return signed, message
 
@@ -291,7 +302,11 @@ class Workspace:
         try:
             async with runtime.current().database.session() as session:
                 marked = await conversations.mark_entered_in_error(
-                    session, clinician=self.clinician, conversation_id=conversation.id, message_id=message_id
+                    session,
+                    clinician=self.clinician,
+                    conversation_id=conversation.id,
+                    message_id=message_id,
+                    address=self.address,
                 )
         except CasebookError as refusal:
             ui.notify(refusal.message, type='negative')
@@ -331,6 +346,8 @@ class Workspace:
             with ui.row().classes('w-full justify-end'):
                 ui.button('Cancel', on_click=dialog.close).props('flat')
                 ui.button('Save', on_click=save)
+            ui.separator()
+            password_form(lambda: self.signed, address=self.address, still_signed_in=self._still_signed_in)
         dialog.on('hide', dialog.delete)
         dialog.open()
 
@@ -349,7 +366,7 @@ class Workspace:
                 conversation = await conversations.find_conversation(
                     session, clinician=self.clinician, patient_id=patient_id
                 ) or await conversations.open_conversation(session, clinician=self.clinician, patient_id=patient_id)
-                unsubscribe_buffer = runtime.current().hub.subscribe(conversation.id, buffer)
+                unsubscribe_buffer = runtime.current().hub.subscribe(conversation_topic(conversation.id), buffer)
                 latest = await conversations.latest_messages(
                     session, clinician=self.clinician, conversation_id=conversation.id
                 )
@@ -362,7 +379,7 @@ class Workspace:
             return False
         self.unsubscribe()
         self.conversation = conversation
-        self.unsubscribe = runtime.current().hub.subscribe(conversation.id, self._on_event)
+        self.unsubscribe = runtime.current().hub.subscribe(conversation_topic(conversation.id), self._on_event)
         unsubscribe_buffer()
         self.book.patient_id = conversation.patient_id
         self._show_header()
@@ -385,7 +402,9 @@ class Workspace:
     async def _mark_opened(self, conversation: ConversationInfo) -> None:
         try:
             async with runtime.current().database.session() as session:
-                await conversations.mark_opened(session, clinician=self.clinician, conversation_id=conversation.id)
+                await conversations.mark_opened(
+                    session, clinician=self.clinician, conversation_id=conversation.id, address=self.address
+                )
         except (SQLAlchemyError, OSError):
             log.warning('recent patients not updated: the database is busy')
         with self.client:
@@ -535,6 +554,7 @@ class Workspace:
         Not on every keystroke: each write rewrites the notebook's file, and a message typed and sent within
         the moment never needs writing at all.
         """
+        self.idle.activity()  # typing a long note is activity: it keeps the session from idling out
         if self.conversation is not None and self._owns_notebook() and isinstance(self.composer.value, str):
             self.pending_draft = (self.conversation.patient_id, self.composer.value, self.send_id)
             if self.draft_timer is None:
@@ -564,11 +584,33 @@ class Workspace:
     def _accept(self, signed: SignedIn | None) -> bool:
         """Keep acting for this session while it lives; otherwise go to the login page."""
         if signed is None or signed.clinician.id != self.clinician.id or not self._owns_notebook():
-            if not self.client.is_deleted:
-                ui.navigate.to('/login')
+            self._leave()
             return False
         self.signed = signed
+        if hasattr(self, 'idle'):
+            self.idle.seen(signed)
         return True
+
+    def _leave(self) -> None:
+        """This tab's session ended (logout, idle, expiry, ended elsewhere): to the login page, which says why."""
+        self.unsubscribe()
+        if not self.client.is_deleted:
+            with self.client:
+                ui.navigate.to('/login')
+
+    async def _on_sessions(self, event: SessionsEnded) -> None:
+        if event.ends(self.signed.session_id):
+            self._leave()
+
+    @property
+    def address(self) -> str:
+        return self.client.ip or ''
+
+    async def _show_sessions(self) -> None:
+        if await self._still_signed_in():
+            await show_sessions(
+                self.signed, address=self.address, format_time=self.list.format, still_signed_in=self._still_signed_in
+            )
 
     async def _on_connect(self) -> None:
         try:

@@ -1,0 +1,282 @@
+"""The audit trail: append-only, hash-chained, and never holding message text or passwords.
+
+Every row's hash covers its own fields and the hash of the row before it. Appending first advances the
+one-row chain head (an UPDATE, so concurrent writers queue there and never fork the chain), then inserts
+the row in the caller's transaction: an audited action and its audit row are committed together or not
+at all. `verify` walks the chain and names the first row that does not fit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from casebook.models import AuditEvent, AuditHead, utcnow
+
+GENESIS = '0' * 64
+
+# What is recorded. Keep these names stable: they are what an auditor filters by.
+SIGN_IN = 'sign-in'
+SIGN_IN_FAILED = 'sign-in-failed'
+SIGN_IN_THROTTLED = 'sign-in-throttled'
+LOGOFF = 'logoff'  # detail: manual, idle, expired, ended-elsewhere, password-changed, disabled
+SESSION_ENDED = 'session-ended'  # a clinician ended another of their own sessions
+PASSWORD_CHANGED = 'password-changed'  # noqa: S105 (an action's name)
+ACCOUNT_CREATED = 'account-created'
+PATIENT_OPENED = 'patient-opened'
+MESSAGE_WRITTEN = 'message-written'
+CORRECTION = 'correction'
+ENTERED_IN_ERROR = 'entered-in-error'
+EXPORT = 'export'
+IMPORT = 'import'
+ADMIN_ADD = 'admin-add-clinician'
+ADMIN_DISABLE = 'admin-disable'
+ADMIN_ENABLE = 'admin-enable'
+ADMIN_RESET_PASSWORD = 'admin-reset-password'  # noqa: S105 (an action's name)
+ADMIN_CHANGE_ROLE = 'admin-change-role'
+ADMIN_AUDIT_EXPORT = 'admin-audit-export'
+ACTIONS = (
+    SIGN_IN,
+    SIGN_IN_FAILED,
+    SIGN_IN_THROTTLED,
+    LOGOFF,
+    SESSION_ENDED,
+    PASSWORD_CHANGED,
+    ACCOUNT_CREATED,
+    PATIENT_OPENED,
+    MESSAGE_WRITTEN,
+    CORRECTION,
+    ENTERED_IN_ERROR,
+    EXPORT,
+    IMPORT,
+    ADMIN_ADD,
+    ADMIN_DISABLE,
+    ADMIN_ENABLE,
+    ADMIN_RESET_PASSWORD,
+    ADMIN_CHANGE_ROLE,
+    ADMIN_AUDIT_EXPORT,
+)
+CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash')
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What happened; `record` adds the time, the sequence number and the hashes."""
+
+    action: str
+    actor_id: int | None = None
+    actor: str = ''
+    patient_id: str | None = None
+    address: str = ''
+    detail: str = ''
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    at: datetime
+    action: str
+    actor_id: int | None
+    actor: str
+    patient_id: str | None
+    address: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    rows: int
+    problem: str = ''
+
+
+_EVENTS, _HEAD = AuditEvent.__table__, AuditHead.__table__
+_ADVANCE = update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
+_SET_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam('new_hash'))
+_INSERT = insert(_EVENTS)
+
+
+def row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
+    content = [
+        seq,
+        at.astimezone(UTC).isoformat(timespec='microseconds'),
+        entry.action,
+        entry.actor_id,
+        entry.actor,
+        entry.patient_id,
+        entry.address,
+        entry.detail,
+        prev_hash,
+    ]
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, separators=(',', ':')).encode()).hexdigest()
+
+
+def record_sync(session: Session, entry: Entry) -> None:
+    """Append one row in the session's transaction; the caller commits (with the action it records)."""
+    if entry.action not in ACTIONS:
+        raise ValueError(f'unknown audit action {entry.action!r}')
+    connection = session.connection()
+    seq, prev_hash = connection.execute(_ADVANCE).one()
+    at = utcnow()
+    entry = Entry(
+        entry.action,
+        entry.actor_id,
+        entry.actor[:64],
+        entry.patient_id[:64] if entry.patient_id else None,
+        entry.address[:64],
+        entry.detail[:200],
+    )
+    digest = row_hash(seq, at, entry, prev_hash)
+    connection.execute(
+        _INSERT,
+        {
+            'seq': seq,
+            'at': at,
+            'action': entry.action,
+            'actor_id': entry.actor_id,
+            'actor': entry.actor,
+            'patient_id': entry.patient_id,
+            'address': entry.address,
+            'detail': entry.detail,
+            'prev_hash': prev_hash,
+            'hash': digest,
+        },
+    )
+    connection.execute(_SET_HEAD, {'new_hash': digest})
+
+
+async def record(session: AsyncSession, entry: Entry) -> None:
+    await session.run_sync(record_sync, entry)
+
+
+async def record_now(session: AsyncSession, entry: Entry) -> None:
+    """Append one row on its own and commit it."""
+    await record(session, entry)
+    await session.commit()
+
+
+def _to_row(event: AuditEvent) -> Row:
+    return Row(
+        event.seq,
+        event.at,
+        event.action,
+        event.actor_id,
+        event.actor,
+        event.patient_id,
+        event.address,
+        event.detail,
+        event.prev_hash,
+        event.hash,
+    )
+
+
+def verify_sync(session: Session) -> Verdict:
+    """Walk the whole chain, oldest first, in constant memory; the first row that does not fit is named."""
+    expected_seq, prev_hash, count = 1, GENESIS, 0
+    for event in session.scalars(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=2000)):
+        row = _to_row(event)
+        if row.seq != expected_seq:
+            what = 'is missing' if row.seq > expected_seq else 'appears twice or out of order'
+            return Verdict(False, count, f'audit row {expected_seq} {what} (found row {row.seq} next)')
+        if row.prev_hash != prev_hash:
+            return Verdict(
+                False,
+                count,
+                f'audit row {row.seq}: its link to row {row.seq - 1} is broken (a row was changed, '
+                'removed or inserted before it)',
+            )
+        entry = Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
+        if row_hash(row.seq, row.at, entry, row.prev_hash) != row.hash:
+            return Verdict(False, count, f'audit row {row.seq}: its content was changed')
+        expected_seq, prev_hash, count = row.seq + 1, row.hash, count + 1
+        session.expunge(event)
+    head = session.get(AuditHead, 1)
+    if head is None:
+        return Verdict(False, count, 'the audit chain head is missing')
+    if head.seq != count or head.hash != prev_hash:
+        return Verdict(False, count, f'audit rows after row {count} were removed (the chain head says {head.seq})')
+    return Verdict(True, count)
+
+
+async def verify(session: AsyncSession) -> Verdict:
+    return await session.run_sync(verify_sync)
+
+
+def _filtered(
+    *, action: str | None = None, actor: str | None = None, patient_id: str | None = None, since=None, until=None
+):
+    query = select(AuditEvent)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if actor:
+        query = query.where(AuditEvent.actor == actor.strip().lower())
+    if patient_id:
+        query = query.where(AuditEvent.patient_id == patient_id.strip())
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    return query
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    before_seq: int | None = None,
+    limit: int = 100,
+    action: str | None = None,
+    actor: str | None = None,
+    patient_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[Row]:
+    """The newest matching rows first (keyset on seq)."""
+    query = _filtered(action=action, actor=actor, patient_id=patient_id, since=since, until=until)
+    if before_seq is not None:
+        query = query.where(AuditEvent.seq < before_seq)
+    events = await session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit))
+    return [_to_row(event) for event in events]
+
+
+async def export_csv(session: AsyncSession, **filters) -> AsyncIterator[str]:
+    """The matching rows as CSV, oldest first, in chunks (streamed: the trail can be long)."""
+    query = _filtered(**filters).order_by(AuditEvent.seq).execution_options(yield_per=2000)
+    yield _csv_lines([CSV_COLUMNS])
+    batch: list[tuple] = []
+    async for event in await session.stream_scalars(query):
+        batch.append(_csv_values(_to_row(event)))
+        if len(batch) == 2000:
+            yield _csv_lines(batch)
+            batch = []
+    if batch:
+        yield _csv_lines(batch)
+
+
+def _csv_values(row: Row) -> tuple:
+    at = row.at.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')
+    values = (row.seq, at, row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail, row.hash)
+    return tuple(_defuse(value) for value in values)
+
+
+def _defuse(value: object) -> object:
+    """Spreadsheets run cells that start with = + - @: such text is prefixed with a quote."""
+    if isinstance(value, str) and value[:1] in ('=', '+', '-', '@', '\t', '\r'):
+        return "'" + value
+    return '' if value is None else value
+
+
+def _csv_lines(rows: list) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator='\r\n').writerows(rows)
+    return buffer.getvalue()
