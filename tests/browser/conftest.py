@@ -64,9 +64,10 @@ def casebook_env(data_dir: Path) -> dict[str, str]:
 class Server:
     """`casebook serve` in a subprocess; its stdout and stderr go to `log_path`."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.extra_env = extra_env or {}
         self.port = _free_port()
         self.base_url = f'http://127.0.0.1:{self.port}'
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,7 +75,7 @@ class Server:
 
     @property
     def env(self) -> dict[str, str]:
-        return casebook_env(self.data_dir)
+        return {**casebook_env(self.data_dir), **self.extra_env}
 
     def start(self) -> None:
         """Start (again) on the same port and data dir; returns once the port answers HTTP."""
@@ -151,9 +152,15 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server_env() -> dict[str, str]:
+    """Extra CASEBOOK_* settings for the served app; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_env: dict[str, str]) -> Iterator[Server]:
     """A fresh install: `casebook serve` on a free port with an empty data dir of its own."""
-    running = Server(tmp_path / 'data', tmp_path / 'server.log')
+    running = Server(tmp_path / 'data', tmp_path / 'server.log', server_env)
     running.start()
     try:
         yield running
