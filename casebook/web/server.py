@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 
 from nicegui import app, ui
@@ -15,6 +16,30 @@ from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
 SESSION_COOKIE_DAYS = 30
+log = logging.getLogger(__name__)
+
+
+def guard_socket_events() -> None:
+    """Only the socket that joined a page may send that page's events.
+
+    NiceGUI routes a browser event (and a JavaScript answer) by the client id written in the message,
+    whatever socket it came in on; a page's client id is a secret of that page, but a leaked or logged one
+    would let any other connection click that clinician's buttons. The handshake puts each socket in a room
+    named after its page's client id, so an event naming another client is dropped here.
+    """
+    from nicegui import nicegui as engine
+
+    def guarded(original):
+        def handler(sid: str, msg: object) -> None:
+            if not isinstance(msg, dict) or msg.get('client_id') not in engine.sio.rooms(sid):
+                log.warning('dropped a socket message naming a page this socket did not join')
+                return
+            original(sid, msg)
+
+        return handler
+
+    engine.sio.on('event', guarded(engine._on_event))
+    engine.sio.on('javascript_response', guarded(engine._on_javascript_response))
 
 
 def build(settings: Settings) -> None:
@@ -25,6 +50,7 @@ def build(settings: Settings) -> None:
     runtime.install(runtime.Runtime(settings=settings, database=database, hub=LocalHub()))
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
+    guard_socket_events()
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
     auth.register()
     accounts.register()

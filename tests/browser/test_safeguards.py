@@ -90,3 +90,35 @@ class TestIdleLogoff:
         me.send('still here')
         expect(me.page).to_have_url(re.compile(r'/$'))
         me.assert_clean()
+
+
+FIND_LOGOUT = """() => {
+  const elements = mounted_app.elements;
+  for (const [id, element] of Object.entries(elements)) {
+    if (element.props && element.props.label === 'Log out') {
+      const click = element.events.find((event) => event.type === 'click');
+      return {client_id: window.clientId, id: Number(id), listener_id: click.listener_id};
+    }
+  }
+  return null;
+}"""
+
+
+def test_a_forged_event_naming_another_clinicians_page_does_nothing(server, new_visitor, add_clinician):
+    """Bob learns Ada's page ids (say, from a log) and sends her 'Log out' click down his own socket."""
+    ada = new_visitor()
+    ada.create_first_account(ADA, ADA_NAME)
+    ada.open_patient('PAT1', ADA_NAME)
+    add_clinician(BOB, BOB_NAME)
+    bob = new_visitor()
+    bob.log_in(BOB, BOB_NAME)
+    target = ada.page.evaluate(FIND_LOGOUT)
+    assert target is not None
+    forge = "(t) => window.socket.emit('event', {id: t.id, client_id: t.client_id, listener_id: t.listener_id})"
+    bob.page.evaluate(forge, target)
+    bob.page.wait_for_timeout(1000)
+    expect(ada.page).not_to_have_url(re.compile(r'/login$'))
+    ada.send('still signed in')  # her page still works: the forged click was dropped
+    assert 'dropped a socket message naming a page this socket did not join' in server.log()
+    ada.assert_clean()
+    bob.assert_clean()
