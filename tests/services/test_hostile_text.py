@@ -1,0 +1,87 @@
+"""SPEC §5 for message text, by property: whatever a clinician types is either refused with a clear message
+or stored and read back exactly as typed (control characters, right-to-left text, emoji, zero-width
+characters, HTML, SQL, Markdown…) — never changed, never interpreted."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from casebook.db import Database
+from casebook.services import conversations
+from casebook.services.accounts import ClinicianInfo
+from casebook.services.errors import InvalidInput
+from tests.conftest import add_clinician
+
+SAMPLES = [
+    '<img src=x onerror=alert(1)>',
+    '<script>alert(2)</script>',
+    '[link](javascript:alert(3))',
+    "'; DROP TABLE messages; --",
+    'שלום \u202eevil\u202c',
+    '🩺👩🏽‍⚕️ temp 39.4',
+    'zero\u200bwidth\u200djoiner\ufeff',
+    'tab\tand\nnew line\r\n',
+    '\x07bell and \x1bescape',
+]
+
+
+@pytest.fixture
+def ready(data_dir: Path):
+    """A migrated database, a clinician and a conversation; the examples run through the threaded path."""
+
+    async def setup() -> tuple[Database, ClinicianInfo, int]:
+        data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (test set-up)
+        db = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
+        await db.migrate()
+        ada = await add_clinician(db, 'ada')
+        async with db.session() as session:
+            conversation = await conversations.open_conversation(session, clinician=ada, patient_id='PAT1')
+        await db.dispose()
+        return db, ada, conversation.id
+
+    db, ada, conversation_id = asyncio.run(setup())
+    yield db, ada, conversation_id
+    asyncio.run(db.dispose())
+
+
+def round_trip(ready, text: str) -> str | None:
+    """Post `text` and read it back from the database; None when refused (with a message)."""
+    db, ada, conversation_id = ready
+    with db._threaded() as session:
+        try:
+            stored, _ = conversations.post_message_sync(
+                session, clinician=ada, conversation_id=conversation_id, client_id=str(uuid.uuid4()), text=text
+            )
+        except InvalidInput as refusal:
+            assert refusal.message.startswith('Message') or 'message' in refusal.message
+            return None
+    with db._threaded() as session:
+        from casebook.models import Message
+
+        return session.get(Message, stored.id).text
+
+
+@pytest.mark.parametrize('text', SAMPLES)
+def test_hostile_samples_are_kept_exactly(ready, text: str) -> None:
+    assert round_trip(ready, text) == text.strip()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=300))
+def test_any_text_is_refused_clearly_or_kept_exactly(ready, text: str) -> None:
+    back = round_trip(ready, text)
+    if back is not None:
+        assert back == text.strip()
+        assert back  # an empty message is never stored
+
+
+def test_over_long_and_empty_are_refused(ready) -> None:
+    assert round_trip(ready, 'x' * 10_001) is None
+    assert round_trip(ready, ' \n\t ') is None
+    assert round_trip(ready, 'x' * 10_000) == 'x' * 10_000
