@@ -51,11 +51,7 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message['type'] == 'http.response.start':
-                headers = [
-                    (k, v)
-                    for k, v in message.get('headers', [])
-                    if k.lower() not in REPLACED
-                ]
+                headers = [(k, v) for k, v in message.get('headers', []) if k.lower() not in REPLACED]
                 headers += BASE_HEADERS + self.extra
                 content_type = next((v for k, v in headers if k.lower() == b'content-type'), b'')
                 if content_type.startswith(b'text/html') or message.get('status') in {302, 303, 307}:

@@ -15,8 +15,8 @@ export default {
     status: String,
     struck: Boolean,
     text: String,
+    messageId: Number,
   },
-  emits: ["actions"],
   render() {
     return h("div", { role: "article", class: "casebook-message" }, [
       h("div", { class: "casebook-message-head" }, [
@@ -31,7 +31,9 @@ export default {
             class: "casebook-message-actions",
             "aria-label": "Correct or mark this message",
             title: "Correct or mark this message",
-            onClick: () => this.$emit("actions"),
+            // one page-wide event instead of a NiceGUI listener per message (which NiceGUI would wrap anew
+            // for every message on every update); the server only acts on ids this tab shows
+            onClick: () => window.emitEvent("casebook_actions", this.messageId),
           },
           "\u22EE",
         ),

@@ -14,6 +14,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from nicegui import ui
+from nicegui.events import GenericEventArguments
 
 from casebook.services.conversations import PAGE_SIZE, MessageInfo
 
@@ -65,14 +66,14 @@ MESSAGE_CSS = """
 class MessageCard(ui.element, component='message_card.js'):
     """One message on screen, one element: only its status and strike-through ever change."""
 
-    def __init__(self, message: MessageInfo, stamp: str, on_actions: Callable[[int], Awaitable[None]]) -> None:
+    def __init__(self, message: MessageInfo, stamp: str) -> None:
         super().__init__()
         self._props['text'] = message.text  # rendered by Vue as a text node: never HTML
         self._props['sender'] = message.sender_role.capitalize()
         self._props['author'] = message.author_name
         self._props['stamp'] = stamp
+        self._props['message-id'] = message.id  # its ⋮ button sends the page-wide `casebook_actions` event
         self.message = message
-        self.on('actions', lambda: on_actions(message.id))
         self._set_status(message)
 
     @property
@@ -119,6 +120,7 @@ class MessageList:
         self.latest_known_id = 0  # the newest message id this tab has heard of, shown or not
         self.generation = 0  # bumped by reset: a page fetched before it no longer fits
         ui.add_css(MESSAGE_CSS)
+        ui.on('casebook_actions', self._actions_clicked)
         with ui.column().classes('w-full items-center gap-1'):
             self.spinner = ui.spinner(size='md').props('aria-label="Loading earlier messages"')
             self.spinner.set_visibility(False)
@@ -201,9 +203,15 @@ class MessageList:
 
     # ----- internals ----------------------------------------------------------------------------------
 
+    async def _actions_clicked(self, event: GenericEventArguments) -> None:
+        """A message's ⋮ button; only a message this tab shows (whatever id the browser sends)."""
+        message_id = event.args
+        if isinstance(message_id, int) and not isinstance(message_id, bool) and message_id in self.views:
+            await self.on_actions(message_id)
+
     def _add(self, message: MessageInfo) -> MessageCard:
         with self.column:
-            view = MessageCard(message, self.format(message.sent_at), self.on_actions)
+            view = MessageCard(message, self.format(message.sent_at))
         self.views[message.id] = view
         return view
 

@@ -106,7 +106,8 @@ async def test_a_tab_on_another_patient_is_not_disturbed(user: User) -> None:
 
 async def open_actions(user: User, index: int) -> None:
     cards = [e for e in user.client.elements.values() if isinstance(e, MessageCard)]
-    UserInteraction(user, {cards[index]}, None).trigger('actions')  # the card's "Correct or mark" button
+    # the card's "Correct or mark" button sends the page-wide event with its message id
+    UserInteraction(user, {user.client.layout}, None).trigger('casebook_actions', cards[index].message.id)
     await user.should_see('Correct or mark this message')
 
 
@@ -142,3 +143,21 @@ async def test_entered_in_error_is_kept_and_struck_through(user: User) -> None:
     assert card.props['struck'] is True  # drawn struck through (the browser test checks the style)
     user.client = second_tab_of  # the other tab shows the mark too
     await user.should_see('Entered in error')
+
+
+async def test_a_forged_actions_event_for_a_message_not_shown_here_does_nothing(user: User, create_user) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'PAT1')
+    send(user, 'mine')
+    await should_see_message(user, 'mine')
+    async with runtime.current().database.session() as session:  # another clinician's message
+        bob = await accounts.add_clinician(session, username='bob', display_name='Bob', password='another long phrase')
+        conversation = await conversations.open_conversation(session, clinician=bob, patient_id='PAT1')
+        theirs, _ = await conversations.post_message(
+            session, clinician=bob, conversation_id=conversation.id, client_id=str(uuid.uuid4()), text='secret'
+        )
+    for forged in (theirs.id, str(theirs.id), None, True, [theirs.id]):
+        UserInteraction(user, {user.client.layout}, None).trigger('casebook_actions', forged)
+    await asyncio.sleep(0.3)
+    await user.should_not_see('Correct or mark this message')
+    await user.should_not_see('secret')
