@@ -21,7 +21,7 @@ from casebook.web import auth, runtime
 from casebook.web.components import duration, heading
 
 WARNING_LEAD = timedelta(seconds=60)  # the warning shows this long before the logoff
-CHECK_EVERY = timedelta(seconds=15)
+CHECK_AT_MOST_EVERY = timedelta(seconds=60)  # far from the deadline; nearer, the next check lands on it
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 
 
@@ -44,7 +44,8 @@ class IdleWatch:
             )
             with ui.row().classes('w-full justify-end'):
                 ui.button('Stay signed in', on_click=self.stay).props('autofocus')
-        ui.timer(min(CHECK_EVERY, self.idle / 4).total_seconds(), self.check)
+        self.longest = min(CHECK_AT_MOST_EVERY, self.idle / 4)
+        self.timer = ui.timer(self.longest.total_seconds(), self.check)
 
     def activity(self) -> None:
         self.active = True
@@ -72,14 +73,23 @@ class IdleWatch:
             self.checking = False
 
     def seen(self, signed: SignedIn) -> None:
-        """The session as just read: show or hide the warning."""
+        """The session as just read: show or hide the warning, and time the next check.
+
+        Checks are rare while the deadline is far (one a minute per tab at most) and land on the moment the
+        warning is due, then on the deadline itself: a few hundred open tabs cost a few reads a second.
+        """
         if signed.last_seen_at is None:
             return
         remaining = self.idle - (utcnow() - signed.last_seen_at)
         if remaining <= self.lead:
             self.dialog.open()
+            wait = remaining
         else:
             self.dialog.close()
+            wait = remaining - self.lead
+        seconds = min(self.longest, max(wait, timedelta(seconds=1))).total_seconds() + 0.5
+        if abs(self.timer.interval - seconds) > 0.25:
+            self.timer.interval = seconds
 
 
 def describe_device(user_agent: str) -> str:

@@ -29,9 +29,14 @@ def guard_socket_events() -> None:
     """
     from nicegui import nicegui as engine
 
+    def joined(sid: str, client_id: object) -> bool:
+        # the room's members directly (sio.rooms(sid) would walk every room: one per open tab)
+        members = engine.sio.manager.rooms.get('/', {}).get(client_id) if isinstance(client_id, str) else None
+        return members is not None and sid in members
+
     def guarded(original):
         def handler(sid: str, msg: object) -> None:
-            if not isinstance(msg, dict) or msg.get('client_id') not in engine.sio.rooms(sid):
+            if not isinstance(msg, dict) or not joined(sid, msg.get('client_id')):
                 log.warning('dropped a socket message naming a page this socket did not join')
                 return
             original(sid, msg)
