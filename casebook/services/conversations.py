@@ -105,7 +105,14 @@ async def mark_opened(
     session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, address: str = ''
 ) -> None:
     """Move a conversation to the top of the clinician's recent patients (and note the opening in the audit)."""
-    patient_id = await session.scalar(
+    await session.run_sync(
+        lambda sync: mark_opened_sync(sync, clinician=clinician, conversation_id=conversation_id, address=address)
+    )
+
+
+def mark_opened_sync(session: Session, *, clinician: ClinicianInfo, conversation_id: int, address: str = '') -> None:
+    """`mark_opened` for a plain Session (a unit of work run by `Database.run`)."""
+    patient_id = session.scalar(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.clinician_id == clinician.id)
         .values(last_opened_at=utcnow())
@@ -113,27 +120,33 @@ async def mark_opened(
     )
     if patient_id is not None:
         entry = audit.Entry(audit.PATIENT_OPENED, clinician.id, clinician.username, patient_id, address)
-        await audit.record(session, entry)
-    await session.commit()
+        audit.record_sync(session, entry)
+    session.commit()
 
 
 async def open_conversation(session: AsyncSession, *, clinician: ClinicianInfo, patient_id: str) -> ConversationInfo:
     """The clinician's conversation about this patient, started if new, and marked as just opened."""
+    return await session.run_sync(lambda sync: open_conversation_sync(sync, clinician=clinician, patient_id=patient_id))
+
+
+def open_conversation_sync(session: Session, *, clinician: ClinicianInfo, patient_id: str) -> ConversationInfo:
+    """`open_conversation` for a plain Session (a unit of work run by `Database.run`): its write transaction
+    never waits on the event loop between statements."""
     patient_id = normalize_patient_id(patient_id)
     query = select(Conversation).where(Conversation.clinician_id == clinician.id, Conversation.patient_id == patient_id)
-    conversation = await session.scalar(query)
+    conversation = session.scalar(query)
     if conversation is None:
         conversation = Conversation(clinician_id=clinician.id, patient_id=patient_id)
         session.add(conversation)
         try:
-            await session.commit()
+            session.commit()
         except IntegrityError:  # opened in another tab at the same moment
-            await session.rollback()
-            conversation = await session.scalar(query)
+            session.rollback()
+            conversation = session.scalar(query)
             if conversation is None:
                 raise
     conversation.last_opened_at = utcnow()
-    await session.commit()
+    session.commit()
     return _conversation_info(conversation)
 
 

@@ -363,9 +363,12 @@ class Workspace:
         try:
             async with runtime.current().database.session() as session:
                 # reading only, when the conversation exists: opening works while a long import holds the write lock
+                clinician = self.clinician
                 conversation = await conversations.find_conversation(
-                    session, clinician=self.clinician, patient_id=patient_id
-                ) or await conversations.open_conversation(session, clinician=self.clinician, patient_id=patient_id)
+                    session, clinician=clinician, patient_id=patient_id
+                ) or await runtime.current().database.run(
+                    lambda sync: conversations.open_conversation_sync(sync, clinician=clinician, patient_id=patient_id)
+                )
                 unsubscribe_buffer = runtime.current().hub.subscribe(conversation_topic(conversation.id), buffer)
                 latest = await conversations.latest_messages(
                     session, clinician=self.clinician, conversation_id=conversation.id
@@ -401,10 +404,12 @@ class Workspace:
 
     async def _mark_opened(self, conversation: ConversationInfo) -> None:
         try:
-            async with runtime.current().database.session() as session:
-                await conversations.mark_opened(
-                    session, clinician=self.clinician, conversation_id=conversation.id, address=self.address
+            clinician, address = self.clinician, self.address
+            await runtime.current().database.run(
+                lambda sync: conversations.mark_opened_sync(
+                    sync, clinician=clinician, conversation_id=conversation.id, address=address
                 )
+            )
         except (SQLAlchemyError, OSError):
             log.warning('recent patients not updated: the database is busy')
         with self.client:
