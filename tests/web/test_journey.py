@@ -118,6 +118,12 @@ async def test_restart_keeps_everything(user: User) -> None:
     await settle()
     # What a restart loses: the in-memory notebooks and the database connections. Both come back from disk.
     workspace.flush_all_drafts()  # the server's shutdown does this before NiceGUI closes the notebooks
+    # NiceGUI's shutdown awaits the file writes that started; here, wait until the draft is on disk
+    for _ in range(100):
+        files = [storage.filepath for storage in app.storage._users.values() if storage.filepath.exists()]
+        if any('draft across restart' in path.read_text(encoding='utf-8') for path in files):
+            break
+        await asyncio.sleep(0.05)
     for storage in app.storage._users.values():
         await storage.close()  # writes the notebook file
     app.storage._users.clear()
