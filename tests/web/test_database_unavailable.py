@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
+import pytest
 from nicegui import ui
 from nicegui.testing import User
 
 from casebook.web import runtime
+from tests.conftest import PASSWORD
 from tests.web.helpers import create_first_account, open_patient, send, should_see_message, shown_messages
 from tests.web.test_journey import composer, settle, stored_texts
 
 
-async def test_a_send_while_the_database_is_locked_is_not_acknowledged_and_the_draft_is_kept(user: User) -> None:
+async def test_a_send_while_the_database_is_locked_is_not_acknowledged_and_the_draft_is_kept(
+    user: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     await create_first_account(user)
     await open_patient(user, 'PAT123')
     send(user, 'saved before')
@@ -36,6 +42,9 @@ async def test_a_send_while_the_database_is_locked_is_not_acknowledged_and_the_d
     assert shown_messages(user) == ['saved before', 'written during the outage']
     assert await stored_texts() == ['saved before', 'written during the outage']
     assert composer(user).value == ''
+    assert any('message not saved' in record.getMessage() for record in caplog.records)  # logged, but …
+    assert not [record for record in caplog.records if 'outage' in record.getMessage()]  # … never the text
+    assert not [record for record in caplog.records if PASSWORD in record.getMessage()]
 
 
 async def test_the_workspace_opens_while_another_process_holds_the_write_lock(user: User) -> None:
