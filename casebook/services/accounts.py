@@ -242,7 +242,18 @@ async def change_password(session: AsyncSession, *, clinician_id: int, current: 
 
 async def list_clinicians(session: AsyncSession) -> list[ClinicianRow]:
     rows = await session.scalars(select(Clinician).order_by(Clinician.username))
-    return [ClinicianRow(c.id, c.username, c.display_name, c.role, c.disabled) for c in rows]
+    return [_row(clinician) for clinician in rows]
+
+
+def _row(clinician: Clinician) -> ClinicianRow:
+    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, clinician.role, clinician.disabled)
+
+
+async def _existing(session: AsyncSession, clinician_id: int) -> Clinician:
+    clinician = await session.get(Clinician, clinician_id)
+    if clinician is None:
+        raise InvalidInput('No such clinician.')
+    return clinician
 
 
 async def _other_admins(session: AsyncSession, clinician_id: int) -> int:
@@ -257,30 +268,24 @@ async def set_disabled(
     session: AsyncSession, *, admin: ClinicianInfo, clinician_id: int, disabled: bool
 ) -> ClinicianRow:
     """Disable (or enable again) an account; the caller ends its sessions. Not one's own, not the last admin."""
-    clinician = await session.get(Clinician, clinician_id)
-    if clinician is None:
-        raise InvalidInput('No such clinician.')
+    clinician = await _existing(session, clinician_id)
     if disabled and clinician.id == admin.id:
         raise InvalidInput('You cannot disable your own account.')
     if disabled and clinician.role == 'admin' and not await _other_admins(session, clinician.id):
         raise InvalidInput('This is the last active admin; make someone else an admin first.')
     clinician.disabled = disabled
-    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, clinician.role, disabled)
+    return _row(clinician)
 
 
 async def reset_password(session: AsyncSession, *, clinician_id: int, new: str) -> ClinicianRow:
-    clinician = await session.get(Clinician, clinician_id)
-    if clinician is None:
-        raise InvalidInput('No such clinician.')
+    clinician = await _existing(session, clinician_id)
     check_password(new, username=clinician.username)
     clinician.password_hash = await hash_password(new)
-    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, clinician.role, clinician.disabled)
+    return _row(clinician)
 
 
 async def change_role(session: AsyncSession, *, admin: ClinicianInfo, clinician_id: int, role: str) -> ClinicianRow:
-    clinician = await session.get(Clinician, clinician_id)
-    if clinician is None:
-        raise InvalidInput('No such clinician.')
+    clinician = await _existing(session, clinician_id)
     check_role(role)
     if clinician.role == 'admin' and role != 'admin':
         if clinician.id == admin.id:
@@ -288,4 +293,4 @@ async def change_role(session: AsyncSession, *, admin: ClinicianInfo, clinician_
         if not await _other_admins(session, clinician.id):
             raise InvalidInput('This is the last active admin; make someone else an admin first.')
     clinician.role = role
-    return ClinicianRow(clinician.id, clinician.username, clinician.display_name, role, clinician.disabled)
+    return _row(clinician)

@@ -29,7 +29,6 @@ SIGN_IN = 'sign-in'
 SIGN_IN_FAILED = 'sign-in-failed'
 SIGN_IN_THROTTLED = 'sign-in-throttled'
 LOGOFF = 'logoff'  # detail: manual, idle, expired, ended-elsewhere, password-changed, disabled
-SESSION_ENDED = 'session-ended'  # a clinician ended another of their own sessions
 PASSWORD_CHANGED = 'password-changed'  # noqa: S105 (an action's name)
 ACCOUNT_CREATED = 'account-created'
 PATIENT_OPENED = 'patient-opened'
@@ -49,7 +48,6 @@ ACTIONS = (
     SIGN_IN_FAILED,
     SIGN_IN_THROTTLED,
     LOGOFF,
-    SESSION_ENDED,
     PASSWORD_CHANGED,
     ACCOUNT_CREATED,
     PATIENT_OPENED,

@@ -48,6 +48,11 @@ class Limits:
     idle: timedelta | None = None
 
 
+def token_shaped(token: object) -> bool:
+    """Could this be a token `start` handed out? (Anything else is never looked up.)"""
+    return isinstance(token, str) and 20 <= len(token) <= 100
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -97,7 +102,7 @@ def resolve_sync(
     session: Session, token: object, *, max_age: timedelta, idle: timedelta | None = None, touch: bool = True
 ) -> SignedIn | None:
     """`resolve` for a plain Session (a unit of work run by `Database.run`)."""
-    if not isinstance(token, str) or not 20 <= len(token) <= 100:
+    if not token_shaped(token):
         return None
     connection = session.connection()
     row = connection.execute(_RESOLVE, {'session_id': _digest(token)}).first()
@@ -136,7 +141,7 @@ async def _end(session: AsyncSession, session_id: str, reason: str, address: str
 
 async def end_reason(session: AsyncSession, token: object) -> str | None:
     """Why the session behind this token ended (idle, expired, manual, …), or None when it lives or is unknown."""
-    if not isinstance(token, str) or not 20 <= len(token) <= 100:
+    if not token_shaped(token):
         return None
     return await session.scalar(select(AuthSession.end_reason).where(AuthSession.id == _digest(token)))
 

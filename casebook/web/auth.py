@@ -112,17 +112,16 @@ async def finish_sign_in(request: Request, ticket: str = '') -> RedirectResponse
     return RedirectResponse('/', status_code=303)
 
 
-async def sign_out(token: str | None, *, reason: str = 'manual', address: str = '') -> None:
+async def sign_out(token: str | None, *, clinician_id: int, reason: str = 'manual', address: str = '') -> None:
     """End the session on the server and, at once, in every tab that uses it."""
     rt = runtime.current()
     async with rt.database.session() as session:
-        signed = await sessions.resolve(session, token, max_age=rt.session_max_age, touch=False)
         ended = await sessions.end(session, token, reason=reason, address=address)
     book = notebook()
     if book.token == token:
         book.sign_out()
-    if signed is not None and ended is not None:
-        await rt.hub.publish(SessionsEnded(signed.clinician.id, frozenset({ended}), reason))
+    if ended is not None:
+        await announce_ended(clinician_id, frozenset({ended}), reason)
 
 
 async def announce_ended(clinician_id: int, session_ids: frozenset[str] | None, reason: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from casebook.services.conversations import MESSAGE_MAX, PATIENT_ID_PATTERN
+from casebook.services.sessions import token_shaped
 
 SESSION = 'session'
 CLINICIAN = 'clinician_id'
@@ -37,7 +38,7 @@ class Notebook:
         for key in [key for key in self._storage if key not in KEYS]:
             del self._storage[key]  # e.g. the lesson's whole-conversation list: never kept here
         checks = {
-            SESSION: lambda v: isinstance(v, str) and 20 <= len(v) <= 100,
+            SESSION: token_shaped,
             CLINICIAN: lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
             PATIENT: lambda v: isinstance(v, str) and PATIENT_ID_PATTERN.fullmatch(v) is not None,
             DRAFTS: lambda v: isinstance(v, dict),

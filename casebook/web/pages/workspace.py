@@ -206,7 +206,7 @@ class Workspace:
 
     async def log_out(self) -> None:
         try:
-            await auth.sign_out(self.token, reason='manual', address=self.address)
+            await auth.sign_out(self.token, clinician_id=self.clinician.id, reason='manual', address=self.address)
         except (SQLAlchemyError, OSError):
             # this browser forgets the session all the same; the server ends it at its maximum age
             log.warning('session not ended on the server: the database could not be reached')
