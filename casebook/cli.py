@@ -90,8 +90,11 @@ def _audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.prepare_data_dir()
-    # NiceGUI reads its storage path when it is imported, so it is set before the web app is.
+    # NiceGUI reads where its storage lives when it is imported, so that is set before the web app is.
     os.environ['NICEGUI_STORAGE_PATH'] = str(settings.storage_path)
+    if settings.redis_url:
+        os.environ['NICEGUI_REDIS_URL'] = settings.redis_url
+        os.environ['NICEGUI_REDIS_KEY_PREFIX'] = f'{settings.redis_key_prefix}nicegui:'
     from casebook.web.server import serve
 
     serve(settings, host=args.host, port=args.port)

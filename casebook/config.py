@@ -20,7 +20,14 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path('./data'), description='Database, NiceGUI storage and the generated secret.')
     database_url: str | None = Field(None, description='SQLAlchemy async URL; default SQLite in the data dir.')
+    db_pool_size: int = Field(10, ge=1, le=1000, description='Connections each instance keeps open (not SQLite).')
+    db_max_overflow: int = Field(
+        10, ge=0, le=1000, description='Extra connections opened beyond the pool under load, then closed (not SQLite).'
+    )
     redis_url: str | None = Field(None, description='Redis for shared storage and live updates; unset: one instance.')
+    redis_key_prefix: str = Field(
+        'casebook:', pattern=r'^[A-Za-z0-9_.:-]{1,64}$', description='Start of every Redis key and channel.'
+    )
     storage_secret: SecretStr | None = Field(None, description='Signs the session cookie; unset: generated once.')
     idle_timeout_minutes: float = Field(15, gt=0, le=24 * 60, description='Automatic logoff after inactivity.')
     session_max_hours: int = Field(12, ge=1, le=24 * 30, description='Re-login required after this long.')

@@ -9,14 +9,20 @@ before login (session fixation) leads to nothing.
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse
 from nicegui import app, ui
+from nicegui.persistence.persistent_dict import PersistentDict
+from nicegui.persistence.redis_persistent_dict import RedisPersistentDict
+from nicegui.persistence.serialization import dumps
 
 from casebook.live import SessionsEnded
 from casebook.services import accounts, sessions
@@ -26,17 +32,57 @@ from casebook.web.notebook import Notebook
 
 TICKET_SECONDS = 30
 FINISH_PATH = '/login/finish'
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Ticket:
+class Ticket:
     token: str
     clinician_id: int
     browser_id: str  # the storage identifier of the browser that logged in: only it may finish
-    expires: float
 
 
-_tickets: dict[str, _Ticket] = {}
+class Tickets:
+    """One-time login tickets, valid `TICKET_SECONDS`: in Redis when configured, so that any instance can
+    finish a login another one started; in this process otherwise, and whenever Redis cannot be reached."""
+
+    def __init__(self, redis: Any = None, *, prefix: str = 'casebook:') -> None:
+        self._redis = redis
+        self._prefix = f'{prefix}ticket:'
+        self._local: dict[str, tuple[Ticket, float]] = {}
+
+    async def issue(self, ticket: Ticket) -> str:
+        key = secrets.token_urlsafe(32)
+        if self._redis is not None:
+            try:
+                await self._redis.set(self._prefix + key, json.dumps(asdict(ticket)), ex=TICKET_SECONDS)
+                return key
+            except Exception as error:
+                log.warning('login ticket kept in this process: Redis unavailable (%s)', type(error).__name__)
+        now = time.monotonic()
+        for stale in [k for k, (_, expires) in self._local.items() if expires < now]:
+            del self._local[stale]
+        self._local[key] = (ticket, now + TICKET_SECONDS)
+        return key
+
+    async def redeem(self, key: str) -> Ticket | None:
+        """The ticket, once: it is gone afterwards. None when unknown, used or expired."""
+        if not key or len(key) > 64:
+            return None
+        local = self._local.pop(key, None)
+        if local is not None:
+            return local[0] if local[1] >= time.monotonic() else None
+        if self._redis is None:
+            return None
+        try:
+            stored = await self._redis.getdel(self._prefix + key)
+        except Exception as error:
+            log.warning('login ticket not redeemed: Redis unavailable (%s)', type(error).__name__)
+            return None
+        if stored is None:
+            return None
+        fields = json.loads(stored)
+        return Ticket(str(fields['token']), int(fields['clinician_id']), str(fields['browser_id']))
 
 
 def register() -> None:
@@ -86,19 +132,15 @@ async def sign_in(clinician: accounts.ClinicianInfo) -> None:
             user_agent=client.request.headers.get('user-agent', ''),
             username=clinician.username,
         )
-    now = time.monotonic()
-    for stale in [key for key, ticket in _tickets.items() if ticket.expires < now]:
-        del _tickets[stale]
-    ticket = secrets.token_urlsafe(32)
-    _tickets[ticket] = _Ticket(token, clinician.id, client.request.session['id'], now + TICKET_SECONDS)
+    ticket = await runtime.current().tickets.issue(Ticket(token, clinician.id, client.request.session['id']))
     ui.navigate.to(f'{FINISH_PATH}?ticket={ticket}')
 
 
 async def finish_sign_in(request: Request, ticket: str = '') -> RedirectResponse:
     """Second step of signing in: a new storage identifier for this browser, holding the new session."""
-    found = _tickets.pop(ticket, None)
+    found = await runtime.current().tickets.redeem(ticket)
     old_id = request.session.get('id')
-    if found is None or found.expires < time.monotonic() or found.browser_id != old_id:
+    if found is None or found.browser_id != old_id:
         return RedirectResponse('/login', status_code=303)
     old = app.storage.user
     new_id = str(uuid.uuid4())
@@ -108,8 +150,19 @@ async def finish_sign_in(request: Request, ticket: str = '') -> RedirectResponse
     fresh = Notebook(app.storage._users[new_id])
     fresh.take_over(Notebook(old), token=found.token, clinician_id=found.clinician_id)
     old.clear()
+    await _stored(app.storage._users[new_id])
     request.session['id'] = new_id  # the session middleware signs and sends the new cookie
     return RedirectResponse('/', status_code=303)
+
+
+async def _stored(storage: PersistentDict) -> None:
+    """With Redis, wait until the new notebook is in Redis: the browser's next request, sent as soon as this
+    response arrives, may reach another instance (NiceGUI itself writes a change in the background)."""
+    if isinstance(storage, RedisPersistentDict):
+        try:
+            await storage.redis_client.set(storage.key, dumps(storage, storage.key))
+        except Exception as error:  # this instance still has it; another one would show the login page
+            log.warning('new notebook not yet in Redis (%s)', type(error).__name__)
 
 
 async def sign_out(token: str | None, *, clinician_id: int, reason: str = 'manual', address: str = '') -> None:

@@ -1,15 +1,20 @@
-"""What the pages share in one process: the settings and the database, set once by `server.build`."""
+"""What the pages share in one process: settings, database, live hub, throttle and login tickets; set once by
+`server.build` (with Redis behind the hub, throttle and tickets when `CASEBOOK_REDIS_URL` is set)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from casebook.config import Settings
 from casebook.db import Database
 from casebook.live import LocalHub
 from casebook.services.sessions import Limits
-from casebook.services.throttle import LoginThrottle
+from casebook.services.throttle import SharedThrottle
+
+if TYPE_CHECKING:
+    from casebook.web.auth import Tickets
 
 
 @dataclass
@@ -17,7 +22,8 @@ class Runtime:
     settings: Settings
     database: Database
     hub: LocalHub
-    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    tickets: Tickets
+    throttle: SharedThrottle = field(default_factory=SharedThrottle)
 
     @property
     def session_max_age(self) -> timedelta:

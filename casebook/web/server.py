@@ -10,7 +10,8 @@ from nicegui import app, ui
 
 from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
-from casebook.live import LocalHub
+from casebook.live import LocalHub, RedisHub
+from casebook.services.throttle import SharedThrottle
 from casebook.web import auth, downloads, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
@@ -52,7 +53,9 @@ def build(settings: Settings) -> None:
     settings.prepare_data_dir()
     migrate_blocking(settings.effective_database_url)  # before the first request can arrive
     database = Database(settings.effective_database_url)
-    runtime.install(runtime.Runtime(settings=settings, database=database, hub=LocalHub()))
+    runtime.install(_shared_parts(settings, database))
+    app.on_startup(runtime.current().hub.start)
+    app.on_shutdown(runtime.current().hub.stop)
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     guard_socket_events()
@@ -62,6 +65,29 @@ def build(settings: Settings) -> None:
     downloads.register()
     workspace.register()
     admin.register()
+
+
+def _shared_parts(settings: Settings, database: Database) -> runtime.Runtime:
+    """One instance: everything in this process. With Redis: NiceGUI's storage (set up by `casebook serve`
+    before NiceGUI is imported), live updates, login throttling and login tickets are shared through it."""
+    if not settings.redis_url:
+        return runtime.Runtime(settings=settings, database=database, hub=LocalHub(), tickets=auth.Tickets())
+    from nicegui.storage import Storage
+
+    if Storage.redis_url != settings.redis_url:
+        raise RuntimeError('CASEBOOK_REDIS_URL is set but NiceGUI storage is not in Redis: start with `casebook serve`')
+    import redis.asyncio as redis
+
+    client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+    app.on_shutdown(client.aclose)
+    prefix = settings.redis_key_prefix
+    return runtime.Runtime(
+        settings=settings,
+        database=database,
+        hub=RedisHub(settings.redis_url, prefix=prefix),
+        tickets=auth.Tickets(client, prefix=prefix),
+        throttle=SharedThrottle(client, prefix=prefix),
+    )
 
 
 def run_options(settings: Settings) -> dict:

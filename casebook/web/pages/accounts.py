@@ -100,7 +100,7 @@ async def login_page() -> RedirectResponse | None:
             address = ui.context.client.ip or ''
             name = username.value if isinstance(username.value, str) else ''
             attempted = _attempted_username(name)
-            wait = rt.throttle.wait_seconds(attempted, address)
+            wait = await rt.throttle.wait_seconds(attempted, address)
             if wait > 0:
                 async with rt.database.session() as session:
                     entry = audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address)
@@ -110,13 +110,13 @@ async def login_page() -> RedirectResponse | None:
             async with rt.database.session() as session:
                 clinician = await accounts.authenticate(session, username=name, password=password.value)
                 if clinician is None:
-                    rt.throttle.failed(attempted, address)
+                    await rt.throttle.failed(attempted, address)
                     await audit.record_now(session, audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
             if clinician is None:
                 password.value = ''
                 show_error(error, 'Username or password is incorrect.')
                 return
-            rt.throttle.succeeded(attempted)
+            await rt.throttle.succeeded(attempted)
             await auth.sign_in(clinician)
 
         username.on('keydown.enter', lambda: password.run_method('focus'))

@@ -17,7 +17,7 @@ from nicegui import app, background_tasks, ui
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from casebook.live import ConversationEvent, SessionsEnded, clinician_topic, conversation_topic
+from casebook.live import ConversationEvent, Resync, SessionsEnded, clinician_topic, conversation_topic
 from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
@@ -354,9 +354,9 @@ class Workspace:
     # ----- reading ------------------------------------------------------------------------------------
 
     async def _open(self, patient_id: str) -> bool:
-        early: list[ConversationEvent] = []  # events published while the newest page is being read
+        early: list[ConversationEvent | Resync] = []  # events published while the newest page is being read
 
-        async def buffer(event: ConversationEvent) -> None:
+        async def buffer(event: ConversationEvent | Resync) -> None:
             early.append(event)
 
         unsubscribe_buffer = lambda: None  # noqa: E731
@@ -486,12 +486,18 @@ class Workspace:
             return  # the window stays where it was; the caller says the message was saved
         self.list.reset(latest)
 
-    async def _on_event(self, event: ConversationEvent) -> None:
+    async def _on_event(self, event: ConversationEvent | Resync) -> None:
         """Another tab (or this one) changed the conversation this tab shows."""
-        if self.conversation is None or event.conversation_id != self.conversation.id:
+        if self.conversation is None or event.topic != conversation_topic(self.conversation.id):
             return
         if not self._owns_notebook():
             return  # this tab's session ended (logged out elsewhere); its next action leads to the login page
+        if isinstance(event, Resync):  # live updates were interrupted: show the newest again, as stored
+            if not self.list.has_newer:
+                with self.client:
+                    await self._reload_newest()
+                    self._update_empty()
+            return
         with self.client:
             if event.kind == 'marked':
                 self.list.update(event.message)
@@ -603,8 +609,11 @@ class Workspace:
             with self.client:
                 ui.navigate.to('/login')
 
-    async def _on_sessions(self, event: SessionsEnded) -> None:
-        if event.ends(self.signed.session_id):
+    async def _on_sessions(self, event: SessionsEnded | Resync) -> None:
+        if isinstance(event, Resync):  # a logoff may have been missed: ask the database
+            with self.client:
+                await self._still_signed_in()
+        elif event.ends(self.signed.session_id):
             self._leave()
 
     @property

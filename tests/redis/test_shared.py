@@ -1,0 +1,208 @@
+"""What instances share through Redis, against a real Redis: live updates, login throttling, login tickets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as redis
+
+from casebook.live import ConversationEvent, RedisHub, Resync, SessionsEnded, conversation_topic, decode, encode
+from casebook.services import throttle
+from casebook.services.conversations import MessageInfo
+from casebook.web.auth import TICKET_SECONDS, Ticket, Tickets
+from tests.redis.conftest import REDIS_URL, PrivateRedis
+
+WITHIN = 5.0  # seconds a test waits for something that normally takes milliseconds
+
+
+def message(text: str = 'BP 120/80 <b>ok</b> "quoted" é', *, conversation_id: int = 7, id_: int = 1) -> MessageInfo:
+    return MessageInfo(
+        id=id_,
+        conversation_id=conversation_id,
+        client_id='0b9d1c9e-8a3e-4c55-9a7f-3f8a4e2d1c00',
+        author_name='Ada',
+        sender_role='doctor',
+        text=text,
+        sent_at=datetime(2026, 12, 2, 9, 30, 15, 123456, tzinfo=UTC),
+        amends_id=None,
+    )
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.events: list = []
+        self.arrived = asyncio.Event()
+
+    async def __call__(self, event) -> None:
+        self.events.append(event)
+        self.arrived.set()
+
+    async def next(self, timeout: float = WITHIN):
+        deadline = time.monotonic() + timeout
+        while not self.events:
+            self.arrived.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError('no event arrived')
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                raise AssertionError(f'no event arrived within {timeout} s') from None
+        return self.events.pop(0)
+
+
+async def started(url: str, prefix: str) -> RedisHub:
+    hub = RedisHub(url, prefix=prefix)
+    await hub.start()
+    await asyncio.wait_for(hub.connected.wait(), WITHIN)
+    return hub
+
+
+def test_events_survive_the_trip_through_json() -> None:
+    for event in (
+        ConversationEvent('message', 7, message()),
+        ConversationEvent('marked', 7, message() and MessageInfo(**{**message().__dict__, 'entered_in_error': True})),
+        SessionsEnded(3, frozenset({'a', 'b'}), 'disabled'),
+        SessionsEnded(3, None, 'password-changed'),
+        Resync('clinician:3'),
+    ):
+        origin, back = decode(encode(event, 'me'))
+        assert (origin, back) == ('me', event)
+
+
+async def test_an_event_reaches_the_other_instance_once_and_this_one_once(redis_client, redis_prefix) -> None:
+    first, second = await started(REDIS_URL, redis_prefix), await started(REDIS_URL, redis_prefix)
+    try:
+        here, there, elsewhere = Inbox(), Inbox(), Inbox()
+        topic = conversation_topic(7)
+        first.subscribe(topic, here)
+        second.subscribe(topic, there)
+        second.subscribe(conversation_topic(8), elsewhere)
+        event = ConversationEvent('message', 7, message())
+        started_at = time.monotonic()
+        await first.publish(event)
+        assert await there.next() == event
+        assert time.monotonic() - started_at < 1.0
+        assert await here.next() == event
+        await asyncio.sleep(0.2)  # long enough for a duplicate from Redis to have arrived
+        assert here.events == [] and there.events == [] and elsewhere.events == []
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_logoff_reaches_the_other_instance(redis_client, redis_prefix) -> None:
+    first, second = await started(REDIS_URL, redis_prefix), await started(REDIS_URL, redis_prefix)
+    try:
+        inbox = Inbox()
+        second.subscribe('clinician:3', inbox)
+        ended = SessionsEnded(3, frozenset({'s1'}), 'manual')
+        await first.publish(ended)
+        assert await inbox.next() == ended
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_malformed_or_mislabelled_event_is_ignored(redis_client, redis_prefix) -> None:
+    hub = await started(REDIS_URL, redis_prefix)
+    try:
+        inbox = Inbox()
+        hub.subscribe(conversation_topic(7), inbox)
+        await redis_client.publish(hub.channel(conversation_topic(7)), b'{"not": "an event"')
+        mislabelled = encode(ConversationEvent('message', 8, message(conversation_id=8)), 'someone')
+        await redis_client.publish(hub.channel(conversation_topic(7)), mislabelled)  # topic 8 sent on 7's channel
+        good = ConversationEvent('message', 7, message(id_=2))
+        await redis_client.publish(hub.channel(conversation_topic(7)), encode(good, 'someone'))
+        assert await inbox.next() == good
+        assert inbox.events == []
+    finally:
+        await hub.stop()
+
+
+async def test_redis_going_away_loses_nothing_and_live_updates_resume(private_redis: PrivateRedis) -> None:
+    prefix = 'outage:'
+    first, second = await started(private_redis.url, prefix), await started(private_redis.url, prefix)
+    try:
+        topic = conversation_topic(7)
+        here, there = Inbox(), Inbox()
+        first.subscribe(topic, here)
+        second.subscribe(topic, there)
+
+        private_redis.stop()
+        during = ConversationEvent('message', 7, message('written while Redis was down'))
+        await first.publish(during)  # returns at once: the sender never waits for Redis
+        assert await here.next() == during  # the same instance still sees it
+        await asyncio.sleep(0.5)
+        assert there.events == []
+
+        private_redis.start()
+        # The other instance re-subscribes and is told to read again what it shows (the database has it) ...
+        assert await there.next(timeout=15) == Resync(topic)
+        # ... and live updates flow again.
+        after = ConversationEvent('message', 7, message('after Redis came back', id_=3))
+        await first.publish(after)
+        seen = [await there.next(timeout=10)]
+        while seen[-1] != after:
+            seen.append(await there.next(timeout=10))
+        assert all(event in (after, Resync(topic)) for event in seen)
+        assert second.resyncs >= 1
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_throttle_counts_are_shared_between_instances(redis_client, redis_prefix) -> None:
+    one = throttle.SharedThrottle(redis_client, prefix=redis_prefix)
+    other = throttle.SharedThrottle(redis_client, prefix=redis_prefix)
+    for _ in range(throttle.FREE_PER_ACCOUNT):
+        assert await other.wait_seconds('ada', '10.0.0.1') == 0
+        await one.failed('ada', '10.0.0.1')
+    assert await other.wait_seconds('ada', '10.0.0.2') == 0  # the free attempts are free everywhere
+    await one.failed('ada', '10.0.0.1')
+    assert await other.wait_seconds('ada', '10.0.0.2') == pytest.approx(throttle.FIRST_DELAY, abs=0.5)
+    await other.failed('ada', '10.0.0.2')
+    assert await one.wait_seconds('ada', '10.0.0.3') == pytest.approx(throttle.FIRST_DELAY * 2, abs=0.5)
+    key = f'{redis_prefix}throttle:account:ada'
+    assert 0 < await redis_client.pttl(key) <= throttle.WINDOW * 1000  # forgotten by Redis itself
+    await other.succeeded('ada')
+    assert await one.wait_seconds('ada', '10.0.0.3') == 0
+
+
+async def test_throttle_goes_on_in_process_without_redis(private_redis: PrivateRedis) -> None:
+    client = redis.from_url(private_redis.url, socket_connect_timeout=1, socket_timeout=1)
+    guard = throttle.SharedThrottle(client, prefix='t:')
+    try:
+        private_redis.stop()
+        for _ in range(throttle.FREE_PER_ACCOUNT + 1):
+            await guard.failed('ada', '10.0.0.1')
+        assert await guard.wait_seconds('ada', '10.0.0.1') == pytest.approx(throttle.FIRST_DELAY, abs=0.5)
+    finally:
+        await client.aclose()
+
+
+async def test_a_ticket_is_redeemed_once_on_any_instance(redis_client, redis_prefix) -> None:
+    issuing, finishing = Tickets(redis_client, prefix=redis_prefix), Tickets(redis_client, prefix=redis_prefix)
+    ticket = Ticket('t' * 43, 5, 'browser-1')
+    key = await issuing.issue(ticket)
+    assert 0 < await redis_client.ttl(f'{redis_prefix}ticket:{key}') <= TICKET_SECONDS
+    assert await finishing.redeem(key) == ticket
+    assert await finishing.redeem(key) is None
+    assert await issuing.redeem(key) is None
+    assert await finishing.redeem('') is None and await finishing.redeem('x' * 500) is None
+
+
+async def test_tickets_work_in_process_while_redis_is_away(private_redis: PrivateRedis) -> None:
+    client = redis.from_url(private_redis.url, socket_connect_timeout=1, socket_timeout=1)
+    tickets = Tickets(client, prefix='t:')
+    try:
+        private_redis.stop()
+        ticket = Ticket('t' * 43, 5, 'browser-1')
+        key = await tickets.issue(ticket)
+        assert await tickets.redeem(key) == ticket
+        assert await tickets.redeem(key) is None
+    finally:
+        await client.aclose()
