@@ -106,7 +106,7 @@ def _run_with_db(settings: Settings, work: Callable[..., Awaitable[T]]) -> T:
 
     async def run() -> T:
         settings.prepare_data_dir()
-        database = Database(settings.effective_database_url)
+        database = Database.from_settings(settings)
         try:
             await database.migrate()
             async with database.session() as session:

@@ -49,6 +49,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def storable(text: str) -> str:
+    """Free text (from headers, URLs, filters) as both engines keep it: PostgreSQL's text types refuse NUL, so it
+    becomes U+FFFD on SQLite too. Message text and names are validated instead, and NUL refused with a message."""
+    return text.replace('\x00', '\ufffd')
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(
         naming_convention={

@@ -1,17 +1,31 @@
-"""Every test gets its own data dir, hence its own SQLite database and generated secret."""
+"""Every test gets its own data dir, hence its own SQLite database and generated secret.
+
+Tests that take `database` run twice, ids `[sqlite]` and `[postgresql]`: on SQLite in the data dir, and on a
+PostgreSQL database of their own, copied from a template migrated once per run (tests/postgres.py). The server is
+CASEBOOK_TEST_POSTGRES_URL (default: the local one, user postgres). When it cannot be reached the PostgreSQL
+variants fail; CASEBOOK_TEST_POSTGRES=0 skips them instead, and says so in the header and the summary.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from casebook.db import Database
 from casebook.services import accounts
+from tests import postgres
 
 PASSWORD = 'a long enough passphrase'
+BACKENDS = ('sqlite', 'postgresql')
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if postgres.opted_out():
+        return f'casebook: the PostgreSQL variants are SKIPPED ({postgres.OPT_OUT}=0)'
+    return f'casebook: the PostgreSQL variants run on {postgres.server_url().render_as_string()}'
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +43,68 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+@pytest.fixture(scope='session')
+def postgres_server() -> Iterator[postgres.PostgresServer]:
+    """This run's PostgreSQL databases: the template is migrated once; all are dropped at the end, whatever happened."""
+    if postgres.opted_out():
+        pytest.skip(f'PostgreSQL variants skipped because {postgres.OPT_OUT}=0')
+    server = postgres.PostgresServer(postgres.server_url())
+    try:
+        postgres.run_in_thread(server.check_reachable)
+    except Exception as error:  # refused, timed out, authentication: all mean the same here
+        pytest.fail(
+            f'PostgreSQL is not reachable at {server.server.render_as_string()} ({type(error).__name__}: {error}). '
+            f'Start it, point {postgres.SERVER_URL} at a server, or set {postgres.OPT_OUT}=0 to skip these tests.',
+            pytrace=False,
+        )
+    try:
+        postgres.run_in_thread(server.create_template)
+        yield server
+    finally:
+        server.close()
+        postgres.run_in_thread(server.drop_all)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> postgres.PostgresServer | None:
+    """Which database engine the test runs on: None for SQLite, else the run's PostgreSQL server."""
+    return request.getfixturevalue('postgres_server') if request.param == 'postgresql' else None
+
+
 @pytest.fixture
-async def database(data_dir: Path) -> AsyncIterator[Database]:
-    """A migrated SQLite database in the test's own data dir."""
-    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (test set-up)
-    db = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
-    await db.migrate()
-    yield db
-    await db.dispose()
+async def new_database(
+    backend: postgres.PostgresServer | None, data_dir: Path
+) -> AsyncIterator[Callable[[str], Awaitable[Database]]]:
+    """Makes fresh, migrated databases on the test's engine, by name; disposed (on PostgreSQL dropped) after it."""
+    made: list[Database] = []
+    on_server: list[str] = []
+
+    async def make(name: str = 'casebook') -> Database:
+        if backend is None:
+            data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (test set-up)
+            url = f'sqlite+aiosqlite:///{data_dir / f"{name}.sqlite3"}'
+        else:
+            on_server.append(await backend.take())
+            url = backend.url(on_server[-1])
+        db = Database(url)
+        made.append(db)
+        await db.migrate()  # on PostgreSQL a copy of the migrated template: this finds nothing to do
+        return db
+
+    yield make
+    for db in made:
+        await db.dispose()
+    if on_server:
+        backend.drop_soon(*on_server)
+
+
+@pytest.fixture
+async def database(new_database: Callable[[str], Awaitable[Database]], monkeypatch: pytest.MonkeyPatch) -> Database:
+    """A migrated database of the test's own (SQLite in its data dir, or PostgreSQL); the command line, in this
+    process or another, finds it through CASEBOOK_DATABASE_URL."""
+    db = await new_database('casebook')
+    monkeypatch.setenv('CASEBOOK_DATABASE_URL', db.url)
+    return db
 
 
 async def add_clinician(

@@ -241,8 +241,10 @@ async def change_password(session: AsyncSession, *, clinician_id: int, current: 
 
 
 async def list_clinicians(session: AsyncSession) -> list[ClinicianRow]:
-    rows = await session.scalars(select(Clinician).order_by(Clinician.username))
-    return [_row(clinician) for clinician in rows]
+    # sorted here, not by the database: PostgreSQL's order follows its locale (punctuation may count for nothing),
+    # SQLite's the code points; a hospital's clinicians fit in memory
+    rows = await session.scalars(select(Clinician))
+    return sorted((_row(clinician) for clinician in rows), key=lambda row: row.username)
 
 
 def _row(clinician: Clinician) -> ClinicianRow:

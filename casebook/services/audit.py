@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from casebook.models import AuditEvent, AuditHead, utcnow
+from casebook.models import AuditEvent, AuditHead, storable, utcnow
 
 GENESIS = '0' * 64
 
@@ -127,13 +127,13 @@ def record_sync(session: Session, entry: Entry) -> None:
     connection = session.connection()
     seq, prev_hash = connection.execute(_ADVANCE).one()
     at = utcnow()
-    entry = Entry(
+    entry = Entry(  # as stored (and hashed): within the columns' lengths, no NUL
         entry.action,
         entry.actor_id,
-        entry.actor[:64],
-        entry.patient_id[:64] if entry.patient_id else None,
-        entry.address[:64],
-        entry.detail[:200],
+        storable(entry.actor[:64]),
+        storable(entry.patient_id[:64]) if entry.patient_id else None,
+        storable(entry.address[:64]),
+        storable(entry.detail[:200]),
     )
     digest = row_hash(seq, at, entry, prev_hash)
     connection.execute(
@@ -216,11 +216,11 @@ def _filtered(
 ):
     query = select(AuditEvent)
     if action:
-        query = query.where(AuditEvent.action == action)
+        query = query.where(AuditEvent.action == storable(action))
     if actor:
-        query = query.where(AuditEvent.actor == actor.strip().lower())
+        query = query.where(AuditEvent.actor == storable(actor.strip().lower()))
     if patient_id:
-        query = query.where(AuditEvent.patient_id == patient_id.strip())
+        query = query.where(AuditEvent.patient_id == storable(patient_id.strip()))
     if since is not None:
         query = query.where(AuditEvent.at >= since)
     if until is not None:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from casebook.models import AuthSession, Clinician, utcnow
+from casebook.models import AuthSession, Clinician, storable, utcnow
 from casebook.services import audit
 from casebook.services.accounts import ClinicianInfo
 
@@ -62,9 +62,8 @@ async def start(
 ) -> str:
     """Open a new session for a clinician who has just proven who they are; returns the browser's token."""
     token = secrets.token_urlsafe(32)
-    session.add(
-        AuthSession(id=_digest(token), clinician_id=clinician_id, user_agent=user_agent[:256], address=address[:64])
-    )
+    user_agent, address = storable(user_agent[:256]), storable(address[:64])
+    session.add(AuthSession(id=_digest(token), clinician_id=clinician_id, user_agent=user_agent, address=address))
     await audit.record(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address))
     await session.commit()
     return token

@@ -52,7 +52,7 @@ def build(settings: Settings) -> None:
     """Register everything on NiceGUI's app; callable again in tests (pages are registered anew)."""
     settings.prepare_data_dir()
     migrate_blocking(settings.effective_database_url)  # before the first request can arrive
-    database = Database(settings.effective_database_url)
+    database = Database.from_settings(settings)
     runtime.install(_shared_parts(settings, database))
     app.on_startup(runtime.current().hub.start)
     app.on_shutdown(runtime.current().hub.stop)

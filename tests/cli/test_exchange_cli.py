@@ -1,4 +1,5 @@
-"""`casebook import` and `casebook export` as an admin types them, against the real database in a fresh data dir."""
+"""`casebook import` and `casebook export` as an admin types them, against a real database of the test's own (SQLite
+in a fresh data dir, or PostgreSQL; the command finds it through CASEBOOK_DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,10 @@ CONVERSATION = {
 }
 
 
-def add_user(data_dir: Path, username: str) -> None:
+def add_user(database: Database, username: str) -> None:
     async def add() -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (test set-up)
-        db = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
+        db = Database(database.url)  # an engine of this loop's own
         try:
-            await db.migrate()
             await add_clinician(db, username, display_name=f'Dr. {username.capitalize()}')
         finally:
             await db.dispose()
@@ -44,8 +43,8 @@ def add_user(data_dir: Path, username: str) -> None:
 
 
 @pytest.fixture
-def ada(data_dir: Path) -> str:
-    add_user(data_dir, 'ada')
+def ada(database: Database) -> str:
+    add_user(database, 'ada')
     return 'ada'
 
 
@@ -77,11 +76,11 @@ def test_import_then_export_in_every_format(ada, conversation_file, capsys):
     assert '> Temp 38.4 🙂' in capsys.readouterr().out
 
 
-def test_export_to_a_file_round_trips_and_is_private(ada, conversation_file, data_dir, tmp_path, capsys):
+def test_export_to_a_file_round_trips_and_is_private(ada, conversation_file, database, tmp_path, capsys):
     cli.main(['import', str(conversation_file), '--user', 'ada'])
     first, second = tmp_path / 'first.json', tmp_path / 'second.json'
     assert cli.main(['export', '--user', 'ada', '--patient', 'PAT123', '-o', str(first)]) == 0
-    add_user(data_dir, 'bob')
+    add_user(database, 'bob')
     assert cli.main(['import', str(first), '--user', 'bob']) == 0
     assert cli.main(['export', '--user', 'bob', '--patient', 'PAT123', '--output', str(second)]) == 0
     assert first.read_bytes() == second.read_bytes()
@@ -144,9 +143,8 @@ def test_a_progress_bar_on_a_terminal_only(ada, conversation_file, monkeypatch, 
     assert '\rchecking  [' in drawn and '\rimporting [' + '#' * 30 + '] 100%' in drawn and drawn.endswith('\n')
 
 
-def test_the_installed_commands(data_dir, conversation_file, tmp_path):
+def test_the_installed_commands(ada, data_dir, conversation_file, tmp_path):
     """The entry point `make install` leaves at .venv/bin/casebook, as separate processes, in the C locale."""
-    add_user(data_dir, 'ada')
     env = {**os.environ, 'CASEBOOK_DATA_DIR': str(data_dir), 'LC_ALL': 'C'}
 
     def casebook(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -1,4 +1,5 @@
-"""`casebook user add` as an admin types it, against the real database in a fresh data dir."""
+"""`casebook user add` as an admin types it, against a real database of the test's own (SQLite in a fresh data dir,
+or PostgreSQL; the command finds it through CASEBOOK_DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ def run(monkeypatch: pytest.MonkeyPatch, *args: str, stdin: str = '') -> int:
     return cli.main(list(args))
 
 
-def clinician(data_dir: Path, username: str) -> accounts.ClinicianInfo | None:
+def clinician(database: Database, username: str) -> accounts.ClinicianInfo | None:
     async def find() -> accounts.ClinicianInfo | None:
-        db = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
+        db = Database(database.url)  # an engine of this loop's own
         try:
             async with db.session() as session:
                 return await accounts.find_by_username(session, username)
@@ -36,17 +37,17 @@ def clinician(data_dir: Path, username: str) -> accounts.ClinicianInfo | None:
     return asyncio.run(find())
 
 
-def test_add_a_clinician_with_the_password_on_stdin(monkeypatch, data_dir, capsys):
+def test_add_a_clinician_with_the_password_on_stdin(monkeypatch, database, capsys):
     assert (
         run(monkeypatch, 'user', 'add', 'Bob', '--display-name', 'Dr. Bob', '--password-stdin', stdin=PASSWORD + '\n')
         == 0
     )
     assert 'added doctor bob (Dr. Bob)' in capsys.readouterr().out
-    added = clinician(data_dir, 'bob')
+    added = clinician(database, 'bob')
     assert added is not None and added.role == 'doctor'
 
 
-def test_roles(monkeypatch, data_dir):
+def test_roles(monkeypatch, database):
     for name, role in [('nina', 'nurse'), ('root', 'admin')]:
         assert (
             run(
@@ -63,7 +64,7 @@ def test_roles(monkeypatch, data_dir):
             )
             == 0
         )
-        assert clinician(data_dir, name).role == role
+        assert clinician(database, name).role == role
 
 
 @pytest.mark.parametrize(
@@ -83,14 +84,14 @@ def test_bad_input_is_one_line_on_stderr_and_non_zero(monkeypatch, capsys, args,
     assert err.count('\n') == 1 and err.startswith('casebook: ')
 
 
-def test_a_taken_username_is_refused(monkeypatch, capsys):
+def test_a_taken_username_is_refused(monkeypatch, database, capsys):
     assert run(monkeypatch, 'user', 'add', 'bob', '--display-name', 'Bob', '--password-stdin', stdin=PASSWORD) == 0
     assert run(monkeypatch, 'user', 'add', 'BOB', '--display-name', 'Bob', '--password-stdin', stdin=PASSWORD) == 2
     assert 'taken' in capsys.readouterr().err
 
 
 def test_the_installed_command(data_dir):
-    """The entry point `make install` leaves at .venv/bin/casebook, as a separate process."""
+    """The entry point `make install` leaves at .venv/bin/casebook, as a separate process, on a fresh data dir."""
     env = {**os.environ, 'CASEBOOK_DATA_DIR': str(data_dir)}
     done = subprocess.run(
         [CASEBOOK, 'user', 'add', 'ada', '--display-name', 'Dr. Ada', '--role', 'admin', '--password-stdin'],

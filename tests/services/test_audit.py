@@ -1,7 +1,7 @@
 """The audit trail: what is recorded, that the database refuses changes, and that verify finds tampering.
 
-Tampering is done as an attacker with the database file would: with the sqlite3 module, the append-only
-triggers dropped first.
+Tampering is done as an attacker with the database would: on SQLite with the sqlite3 module on the file, on
+PostgreSQL as its superuser; the append-only triggers dropped first.
 """
 
 from __future__ import annotations
@@ -66,7 +66,18 @@ async def busy_day(database: Database) -> None:
         await sessions.end(session, token, reason='manual', address='10.0.0.7')
 
 
-def tamper(path: Path, *statements: str) -> None:
+async def tamper(database: Database, *statements: str) -> None:
+    if database.engine.dialect.name == 'sqlite':
+        await database.dispose()
+        await asyncio.to_thread(tamper_file, Path(database.engine.url.database or ''), *statements)
+        return
+    async with database.engine.begin() as connection:
+        await connection.exec_driver_sql('DROP TRIGGER audit_events_append_only ON audit_events')
+        for statement in statements:
+            await connection.exec_driver_sql(statement)
+
+
+def tamper_file(path: Path, *statements: str) -> None:
     with sqlite3.connect(path) as connection:
         connection.execute('DROP TRIGGER IF EXISTS audit_events_no_update')
         connection.execute('DROP TRIGGER IF EXISTS audit_events_no_delete')
@@ -96,7 +107,11 @@ async def test_a_day_is_recorded_in_order_without_any_text(database: Database) -
 
 async def test_the_database_refuses_to_change_or_delete_a_row(database: Database) -> None:
     await busy_day(database)
-    for statement in ("UPDATE audit_events SET actor = 'eve' WHERE seq = 2", 'DELETE FROM audit_events WHERE seq = 6'):
+    statements = ["UPDATE audit_events SET actor = 'eve' WHERE seq = 2", 'DELETE FROM audit_events WHERE seq = 6']
+    statements.append(
+        'DELETE FROM audit_events' if database.engine.dialect.name == 'sqlite' else 'TRUNCATE audit_events'
+    )
+    for statement in statements:
         async with database.session() as session:
             with pytest.raises(DatabaseError, match='append-only'):
                 await session.execute(text(statement))
@@ -129,27 +144,23 @@ async def test_the_database_refuses_to_change_or_delete_a_row(database: Database
         ),
     ],
 )
-async def test_verify_names_the_first_broken_row(
-    database: Database, data_dir: Path, statements: list[str], problem: str
-) -> None:
+async def test_verify_names_the_first_broken_row(database: Database, statements: list[str], problem: str) -> None:
     await busy_day(database)
-    await database.dispose()
-    tamper(data_dir / 'casebook.sqlite3', *statements)
+    await tamper(database, *statements)
     verdict = await verify(database)
     assert not verdict.ok
     assert verdict.problem.startswith(problem)
 
 
-async def test_a_forged_row_with_a_recomputed_hash_is_found(database: Database, data_dir: Path) -> None:
+async def test_a_forged_row_with_a_recomputed_hash_is_found(database: Database) -> None:
     """An attacker who knows the scheme rewrites row 3 and its hash: row 4's link gives it away."""
     await busy_day(database)
     recorded = await rows(database)
     third = recorded[2]
     forged = audit.Entry(third.action, third.actor_id, 'eve', third.patient_id, third.address, third.detail)
     new_hash = audit.row_hash(third.seq, third.at, forged, third.prev_hash)
-    await database.dispose()
-    tamper(
-        data_dir / 'casebook.sqlite3',
+    await tamper(
+        database,
         f"UPDATE audit_events SET actor = 'eve', hash = '{new_hash}' WHERE seq = 3",  # noqa: S608 (a hex digest)
     )
     verdict = await verify(database)
@@ -168,22 +179,35 @@ async def test_concurrent_writers_never_fork_the_chain(database: Database) -> No
     assert verdict.ok and verdict.rows == 30
 
 
-def run_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {'CASEBOOK_DATA_DIR': str(data_dir), 'PATH': '/usr/bin:/bin'}
+def run_cli(data_dir: Path, database: Database, *args: str) -> subprocess.CompletedProcess:
+    env = {'CASEBOOK_DATA_DIR': str(data_dir), 'CASEBOOK_DATABASE_URL': database.url, 'PATH': '/usr/bin:/bin'}
     return subprocess.run([str(CASEBOOK), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 async def test_cli_audit_verify_exits_non_zero_and_names_the_row(database: Database, data_dir: Path) -> None:
     await busy_day(database)
     await database.dispose()
-    intact = await asyncio.to_thread(run_cli, data_dir, 'audit', 'verify')
+    intact = await asyncio.to_thread(run_cli, data_dir, database, 'audit', 'verify')
     assert intact.returncode == 0, intact.stderr
     assert intact.stdout.strip() == 'audit trail intact: 6 rows'
-    tamper(data_dir / 'casebook.sqlite3', "UPDATE audit_events SET address = '1.2.3.4' WHERE seq = 5")
-    broken = await asyncio.to_thread(run_cli, data_dir, 'audit', 'verify')
+    await tamper(database, "UPDATE audit_events SET address = '1.2.3.4' WHERE seq = 5")
+    broken = await asyncio.to_thread(run_cli, data_dir, database, 'audit', 'verify')
     assert broken.returncode == 1
     assert broken.stderr.strip() == 'casebook: audit trail broken: audit row 5: its content was changed'
     assert broken.stdout == ''
+
+
+async def test_nul_in_free_text_is_kept_alike_on_every_engine(database: Database) -> None:
+    """PostgreSQL's text refuses NUL: in what the trail records from outside (a URL's filters, an address) it
+    becomes U+FFFD, on SQLite too, the chain covers it as stored, and filtering by the same text finds it."""
+    async with database.session() as session:
+        entry = audit.Entry(audit.ADMIN_AUDIT_EXPORT, None, 'ada', 'PAT\x001', '10.0.0.1\x00', 'actor=a\x00b')
+        await audit.record_now(session, entry)
+    async with database.session() as session:
+        (row,) = await audit.list_events(session, patient_id='PAT\x001', actor='ada')
+        assert await audit.list_events(session, actor='a\x00b') == []
+    assert (row.patient_id, row.address, row.detail) == ('PAT\ufffd1', '10.0.0.1\ufffd', 'actor=a\ufffdb')
+    assert (await verify(database)).ok
 
 
 async def test_csv_export_defuses_formulas(database: Database) -> None:

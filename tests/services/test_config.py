@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import stat
 
+import pytest
+from pydantic import ValidationError
+
 from casebook.config import load_settings
 
 
@@ -35,3 +38,19 @@ def test_environment_overrides(monkeypatch, tmp_path):
     settings = load_settings()
     assert settings.open_registration and settings.idle_timeout_minutes == 5
     assert settings.effective_database_url == 'postgresql+asyncpg://db/casebook'
+
+
+def test_the_pool_size_of_a_database_server(monkeypatch):
+    assert (load_settings().db_pool_size, load_settings().db_max_overflow) == (10, 10)
+    monkeypatch.setenv('CASEBOOK_DB_POOL_SIZE', '25')
+    monkeypatch.setenv('CASEBOOK_DB_MAX_OVERFLOW', '0')
+    assert (load_settings().db_pool_size, load_settings().db_max_overflow) == (25, 0)
+    for name, value in [
+        ('CASEBOOK_DB_POOL_SIZE', '0'),
+        ('CASEBOOK_DB_MAX_OVERFLOW', '-1'),
+        ('CASEBOOK_DB_POOL_SIZE', 'x'),
+    ]:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError, match=name.removeprefix('CASEBOOK_').lower()):
+            load_settings()
+        monkeypatch.delenv(name)

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from casebook.models import Base, Message
 from casebook.services import conversations
@@ -99,8 +99,9 @@ async def test_pages_after_an_id(database):
     assert [m.text for m in newer] == ['n0', 'n1', 'n2']
 
 
-def test_migrations_build_exactly_the_models(database, data_dir):
-    engine = create_engine(f'sqlite:///{data_dir / "casebook.sqlite3"}')
-    with engine.connect() as connection:
-        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-    engine.dispose()
+async def test_migrations_build_exactly_the_models(database):
+    async with database.engine.connect() as connection:
+        differences = await connection.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+        )
+    assert differences == []

@@ -4,15 +4,14 @@ characters, HTML, SQL, Markdown…) — never changed, never interpreted."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casebook.db import Database
+from casebook.models import Message
 from casebook.services import conversations
 from casebook.services.accounts import ClinicianInfo
 from casebook.services.errors import InvalidInput
@@ -32,56 +31,44 @@ SAMPLES = [
 
 
 @pytest.fixture
-def ready(data_dir: Path):
-    """A migrated database, a clinician and a conversation; the examples run through the threaded path."""
-
-    async def setup() -> tuple[Database, ClinicianInfo, int]:
-        data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (test set-up)
-        db = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
-        await db.migrate()
-        ada = await add_clinician(db, 'ada')
-        async with db.session() as session:
-            conversation = await conversations.open_conversation(session, clinician=ada, patient_id='PAT1')
-        await db.dispose()
-        return db, ada, conversation.id
-
-    db, ada, conversation_id = asyncio.run(setup())
-    yield db, ada, conversation_id
-    asyncio.run(db.dispose())
+async def ready(database: Database) -> tuple[Database, ClinicianInfo, int]:
+    """A migrated database, a clinician and a conversation; the examples run as a send does (`Database.run`)."""
+    ada = await add_clinician(database, 'ada')
+    async with database.session() as session:
+        conversation = await conversations.open_conversation(session, clinician=ada, patient_id='PAT1')
+    return database, ada, conversation.id
 
 
-def round_trip(ready, text: str) -> str | None:
+async def round_trip(ready, text: str) -> str | None:
     """Post `text` and read it back from the database; None when refused (with a message)."""
     db, ada, conversation_id = ready
-    with db._threaded() as session:
-        try:
-            stored, _ = conversations.post_message_sync(
+    try:
+        stored, _ = await db.run(
+            lambda session: conversations.post_message_sync(
                 session, clinician=ada, conversation_id=conversation_id, client_id=str(uuid.uuid4()), text=text
             )
-        except InvalidInput as refusal:
-            assert refusal.message.startswith('Message') or 'message' in refusal.message
-            return None
-    with db._threaded() as session:
-        from casebook.models import Message
-
-        return session.get(Message, stored.id).text
+        )
+    except InvalidInput as refusal:
+        assert refusal.message.startswith('Message') or 'message' in refusal.message
+        return None
+    return await db.run(lambda session: session.get(Message, stored.id).text)
 
 
 @pytest.mark.parametrize('text', SAMPLES)
-def test_hostile_samples_are_kept_exactly(ready, text: str) -> None:
-    assert round_trip(ready, text) == text.strip()
+async def test_hostile_samples_are_kept_exactly(ready, text: str) -> None:
+    assert await round_trip(ready, text) == text.strip()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=300))
-def test_any_text_is_refused_clearly_or_kept_exactly(ready, text: str) -> None:
-    back = round_trip(ready, text)
+async def test_any_text_is_refused_clearly_or_kept_exactly(ready, text: str) -> None:
+    back = await round_trip(ready, text)
     if back is not None:
         assert back == text.strip()
         assert back  # an empty message is never stored
 
 
-def test_over_long_and_empty_are_refused(ready) -> None:
-    assert round_trip(ready, 'x' * 10_001) is None
-    assert round_trip(ready, ' \n\t ') is None
-    assert round_trip(ready, 'x' * 10_000) == 'x' * 10_000
+async def test_over_long_and_empty_are_refused(ready) -> None:
+    assert await round_trip(ready, 'x' * 10_001) is None
+    assert await round_trip(ready, ' \n\t ') is None
+    assert await round_trip(ready, 'x' * 10_000) == 'x' * 10_000

@@ -75,6 +75,20 @@ async def test_sessions_list_and_end_only_ones_own(database: Database) -> None:
         assert [item.id for item in await sessions.list_active(session, clinician_id=bob.id, limits=limits)] == [kept]
 
 
+async def test_what_a_browser_sends_is_kept_alike_on_every_engine(database: Database) -> None:
+    """PostgreSQL's text refuses NUL: a user agent or address carrying one keeps U+FFFD in its place, on SQLite
+    too, and an over-long one is cut to its column."""
+    bob = await add_clinician(database, 'bob')
+    async with database.session() as session:
+        await sessions.start(
+            session, clinician_id=bob.id, user_agent='Agent\x00' + 'x' * 300, address='10.0.0.1\x00', username='bob'
+        )
+        (listed,) = await sessions.list_active(session, clinician_id=bob.id, limits=Limits(DAY))
+        recorded = await session.scalar(select(AuditEvent.address).where(AuditEvent.action == 'sign-in'))
+    assert listed.user_agent == 'Agent\ufffd' + 'x' * 250
+    assert listed.address == recorded == '10.0.0.1\ufffd'
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

@@ -23,9 +23,10 @@ SQLITE_GUARDS = [
     """CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
 ]
+# restrict_violation (SQLSTATE 23001), an integrity error as SQLite's RAISE(ABORT) is: the same exception on both
 POSTGRESQL_GUARDS = [
     """CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-       BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$""",
+       BEGIN RAISE EXCEPTION 'the audit trail is append-only' USING ERRCODE = 'restrict_violation'; END $$""",
     """CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_events
        FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()""",
 ]

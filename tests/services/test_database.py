@@ -1,0 +1,80 @@
+"""The database layer: pools sized by the settings; on PostgreSQL, instances starting at once migrate in turn."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import text
+
+from casebook.config import load_settings
+from casebook.db import Database
+from tests import postgres
+
+
+def test_a_server_pool_is_sized_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('CASEBOOK_DATABASE_URL', 'postgresql+asyncpg://casebook@db.invalid/casebook')  # never connected
+    monkeypatch.setenv('CASEBOOK_DB_POOL_SIZE', '3')
+    monkeypatch.setenv('CASEBOOK_DB_MAX_OVERFLOW', '2')
+    database = Database.from_settings(load_settings())
+    pool = database.engine.pool
+    assert (pool.size(), pool._max_overflow) == (3, 2)
+
+
+def test_sqlite_keeps_its_own_pooling_and_threads(data_dir) -> None:
+    database = Database.from_settings(load_settings())
+    assert database.engine.dialect.name == 'sqlite'
+    assert database._threaded is not None  # the threaded fast path of a send
+
+
+# An instance of its own: imports everything, says so, and migrates when told to go. (Alembic's `op` is global to
+# a process, so instances in one process would not run at once.)
+INSTANCE = """
+import sys
+from casebook.db import migrate_blocking
+print('ready', flush=True)
+sys.stdin.readline()
+migrate_blocking(sys.argv[1])
+"""
+
+
+def test_instances_starting_at_once_migrate_one_after_another(postgres_server: postgres.PostgresServer) -> None:
+    """Four instances migrate one fresh, empty database at the same moment: the advisory lock lets one create the
+    schema while the others wait, then find it done; without it they collide on CREATE TABLE."""
+    name = postgres.run_in_thread(lambda: postgres_server.create(from_template=False))
+    url = postgres_server.url(name)
+    try:
+        instances = [
+            subprocess.Popen(
+                [sys.executable, '-c', INSTANCE, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        for instance in instances:
+            assert instance.stdout.readline().strip() == 'ready'
+        for instance in instances:
+            instance.stdin.write('go\n')
+            instance.stdin.flush()
+        for instance in instances:
+            instance.communicate(timeout=60)
+        assert [instance.returncode for instance in instances] == [0, 0, 0, 0]
+        assert postgres.run_in_thread(lambda: schema(url)) == ('0004', 1, 1)
+    finally:
+        postgres.run_in_thread(lambda: postgres_server.drop(name))
+
+
+async def schema(url: str) -> tuple[str, int, int]:
+    """The Alembic revision, and how many audit_events tables and append-only triggers there are."""
+    database = Database(url)
+    try:
+        async with database.engine.connect() as connection:
+            return (
+                await connection.scalar(text('SELECT version_num FROM alembic_version')),
+                await connection.scalar(text("SELECT count(*) FROM pg_tables WHERE tablename = 'audit_events'")),
+                await connection.scalar(
+                    text("SELECT count(*) FROM pg_trigger WHERE tgname = 'audit_events_append_only'")
+                ),
+            )
+    finally:
+        await database.dispose()
