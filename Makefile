@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install install-test run test test-fast lint format browser clean
+.PHONY: install install-test run test test-fast lint format browser nginx clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,24 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
+# nginx for deploy/cluster and its tests (tests/cluster), from Debian's packages. Only the program is wanted:
+# the package would also start the system's nginx on port 80, which a temporary policy-rc.d forbids (on a
+# systemd machine the unit is stopped and disabled too).
+nginx:
+	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
+		echo 'Installing nginx for the cluster tests (apt-get)'; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		POLICY=/usr/sbin/policy-rc.d; ADDED=; \
+		if [ ! -e $$POLICY ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; \
+		fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; \
+		STATUS=$$?; \
+		if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; \
+		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi; \
+		exit $$STATUS; \
+	fi
+
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,7 +60,7 @@ format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install-test browser lint
+test: install-test browser nginx lint
 	$(BIN)/python -m pytest
 
 # Everything but the real-browser tests: for a quick run while working.

@@ -5,60 +5,36 @@
 - `browser`: one Chromium for all the browser tests (Debian's /usr/bin/chromium, not Playwright's download).
 - `new_visitor`: a fresh browser context per call — a separate browser with its own cookies, like a second
   computer or a private window — with one page whose console errors, page errors and dialogs are recorded.
+
+The pieces shared with tests/cluster (Chromium, `Visitor`, the app's environment) live in tests/browser_support.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
 
-CHROMIUM = Path('/usr/bin/chromium')
-CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-]
-CASEBOOK = Path(sys.executable).parent / 'casebook'  # the console script installed next to this interpreter
+from tests.browser_support import (
+    CASEBOOK,
+    PASSWORD,
+    Visitor,
+    casebook_env,
+    free_port,
+    launch_chromium,
+    skip_without_chromium,
+    visitors,
+)
+
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0
-EXPECT_TIMEOUT_MS = 10_000
-
-PASSWORD = 'correct horse battery staple 42'  # long enough, not a common password
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def casebook_env(data_dir: Path) -> dict[str, str]:
-    """The environment for the app and its CLI: this test's data dir and nothing else from CASEBOOK_*.
-
-    PYTEST_CURRENT_TEST is dropped too: NiceGUI's `ui.run` takes it to mean "inside pytest" and then wants
-    NICEGUI_SCREEN_TEST_PORT; the served app must run as it does for a user.
-    """
-    prefixes = ('CASEBOOK_', 'NICEGUI_', 'PYTEST_')
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env['CASEBOOK_DATA_DIR'] = str(data_dir)
-    env['PYTHONUNBUFFERED'] = '1'
-    return env
 
 
 class Server:
@@ -68,7 +44,7 @@ class Server:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_env = extra_env or {}
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f'http://127.0.0.1:{self.port}'
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file = None
@@ -193,141 +169,21 @@ def add_clinician(server: Server) -> Callable[..., None]:
     return add
 
 
-def _skip_without_chromium() -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f'CHROMIUM IS MISSING: {CHROMIUM} not found, so the real-browser tests did NOT run. '
-            '`make test` installs it (apt-get install chromium).'
-        )
-
-
 @pytest.fixture(autouse=True)
 def _chromium_required() -> None:
     """Skip loudly, before any server is started, when there is no Chromium to drive."""
-    _skip_without_chromium()
+    skip_without_chromium()
 
 
 @pytest.fixture(scope='package')
 def browser():
-    """One headless Chromium for all the browser tests of a run (in effect, one per test session).
-
-    Package scope, not session scope: while Playwright's sync API is alive, its event loop counts as
-    running in this thread, so every later `asyncio.run()` (the CLI tests) and pytest-asyncio test of
-    the same session would fail. It is closed as soon as the last test of this package is done.
-    """
-    _skip_without_chromium()
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-class Visitor:
-    """One browser (a context of its own: own cookies and storage) with one page, and what went wrong in it."""
-
-    def __init__(self, context, base_url: str) -> None:
-        self.context = context
-        self.base_url = base_url
-        self.console_errors: list[str] = []
-        self.page_errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.page = context.new_page()
-        self.page.on('console', self._on_console)
-        self.page.on('pageerror', lambda error: self.page_errors.append(str(error)))
-        self.page.on('dialog', self._on_dialog)
-
-    def _on_console(self, message) -> None:
-        if message.type == 'error':
-            self.console_errors.append(f'{message.text} ({message.location})')
-
-    def _on_dialog(self, dialog) -> None:
-        self.dialogs.append(f'{dialog.type}: {dialog.message}')
-        with contextlib.suppress(Exception):
-            dialog.dismiss()
-
-    def goto(self, path: str = '/') -> None:
-        self.page.goto(self.base_url + path)
-
-    # ----- the workspace's parts, found the way a user finds them (labels, roles, visible text) -----------
-
-    @property
-    def header(self):
-        """The `User: … | Patient: …` line in the page header."""
-        return self.page.locator('header').get_by_text(re.compile(r'^\s*User: '))
-
-    @property
-    def composer(self):
-        return self.page.get_by_label('Type message here')
-
-    @property
-    def patient_input(self):
-        return self.page.get_by_label('Patient ID')
-
-    @property
-    def messages(self):
-        """Every message shown; each is an element with role=article."""
-        return self.page.get_by_role('article')
-
-    def message(self, text: str):
-        """The shown messages whose text is exactly `text`."""
-        return self.messages.filter(has=self.page.get_by_text(text, exact=True))
-
-    # ----- flows ---------------------------------------------------------------------------------------
-
-    def create_first_account(self, username: str, display_name: str, password: str = PASSWORD) -> None:
-        self.goto('/')
-        self.page.get_by_label('Username').fill(username)
-        self.page.get_by_label('Display name').fill(display_name)
-        self.page.get_by_label('Password', exact=True).fill(password)
-        self.page.get_by_role('button', name='Create account').click()
-        expect(self.header).to_have_text(f'User: {display_name} | Patient: (not set)')
-
-    def log_in(self, username: str, display_name: str, password: str = PASSWORD, patient: str = '(not set)') -> None:
-        self.goto('/')
-        self.page.get_by_label('Username').fill(username)
-        self.page.get_by_label('Password', exact=True).fill(password)
-        self.page.get_by_role('button', name='Log in').click()
-        expect(self.header).to_have_text(f'User: {display_name} | Patient: {patient}')
-
-    def open_patient(self, patient_id: str, display_name: str) -> None:
-        self.patient_input.fill(patient_id)
-        self.page.get_by_role('button', name='Open patient').click()
-        expect(self.header).to_have_text(f'User: {display_name} | Patient: {patient_id}')
-
-    def send(self, text: str) -> None:
-        """Type a message and click Send; waits until it is shown and the input is cleared."""
-        count = self.messages.count()
-        self.composer.fill(text)
-        self.page.get_by_role('button', name='Send').click()
-        expect(self.messages).to_have_count(count + 1)
-        expect(self.messages.last).to_contain_text(text.strip())
-        expect(self.composer).to_have_value('')
-
-    def forget_console_errors(self) -> None:
-        """Connection errors while the server is deliberately down are expected; forget them."""
-        self.console_errors.clear()
-
-    def assert_clean(self) -> None:
-        assert not self.dialogs, f'dialogs were opened: {self.dialogs}'
-        assert not self.page_errors, f'errors in the page: {self.page_errors}'
-        assert not self.console_errors, f'errors on the console: {self.console_errors}'
+    """One headless Chromium for all the browser tests of a run (package scope: see `launch_chromium`)."""
+    with launch_chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture
 def new_visitor(browser, server: Server) -> Iterator[Callable[[], Visitor]]:
     """Call it for each separate browser you need; all are closed at teardown."""
-    contexts = []
-
-    def make() -> Visitor:
-        context = browser.new_context(viewport={'width': 1280, 'height': 800})
-        context.set_default_timeout(EXPECT_TIMEOUT_MS)
-        contexts.append(context)
-        return Visitor(context, server.base_url)
-
-    yield make
-    for context in contexts:
-        with contextlib.suppress(Exception):
-            context.close()
+    with visitors(browser, server.base_url) as make:
+        yield make

@@ -40,8 +40,8 @@ class Inbox:
         self.events.append(event)
         self.arrived.set()
 
-    async def next(self, timeout: float = WITHIN):
-        deadline = time.monotonic() + timeout
+    async def next(self, within: float = WITHIN):
+        deadline = time.monotonic() + within
         while not self.events:
             self.arrived.clear()
             remaining = deadline - time.monotonic()
@@ -50,7 +50,7 @@ class Inbox:
             try:
                 await asyncio.wait_for(self.arrived.wait(), remaining)
             except TimeoutError:
-                raise AssertionError(f'no event arrived within {timeout} s') from None
+                raise AssertionError(f'no event arrived within {within} s') from None
         return self.events.pop(0)
 
 
@@ -141,13 +141,13 @@ async def test_redis_going_away_loses_nothing_and_live_updates_resume(private_re
 
         private_redis.start()
         # The other instance re-subscribes and is told to read again what it shows (the database has it) ...
-        assert await there.next(timeout=15) == Resync(topic)
+        assert await there.next(within=15) == Resync(topic)
         # ... and live updates flow again.
         after = ConversationEvent('message', 7, message('after Redis came back', id_=3))
         await first.publish(after)
-        seen = [await there.next(timeout=10)]
+        seen = [await there.next(within=10)]
         while seen[-1] != after:
-            seen.append(await there.next(timeout=10))
+            seen.append(await there.next(within=10))
         assert all(event in (after, Resync(topic)) for event in seen)
         assert second.resyncs >= 1
     finally:

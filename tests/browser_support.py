@@ -1,0 +1,187 @@
+"""What the real-browser tests share (tests/browser, tests/cluster): Chromium, the served app's environment, a visitor.
+
+Plain helpers, no fixtures: each test package defines its own `browser` and `new_visitor` fixtures from these,
+so neither package's conftest has to import the other's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = Path('/usr/bin/chromium')
+CHROMIUM_ARGS = [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+]
+CASEBOOK = Path(sys.executable).parent / 'casebook'  # the console script installed next to this interpreter
+EXPECT_TIMEOUT_MS = 10_000
+
+PASSWORD = 'correct horse battery staple 42'  # long enough, not a common password
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def casebook_env(data_dir: Path) -> dict[str, str]:
+    """The environment for the app and its CLI: this test's data dir and nothing else from CASEBOOK_*.
+
+    PYTEST_CURRENT_TEST is dropped too: NiceGUI's `ui.run` takes it to mean "inside pytest" and then wants
+    NICEGUI_SCREEN_TEST_PORT; the served app must run as it does for a user.
+    """
+    prefixes = ('CASEBOOK_', 'NICEGUI_', 'PYTEST_')
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env['CASEBOOK_DATA_DIR'] = str(data_dir)
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+def skip_without_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f'CHROMIUM IS MISSING: {CHROMIUM} not found, so the real-browser tests did NOT run. '
+            '`make test` installs it (apt-get install chromium).'
+        )
+
+
+@contextlib.contextmanager
+def launch_chromium():
+    """Headless Debian Chromium through Playwright's sync API (not Playwright's own browser download).
+
+    Use it for a package-scoped fixture, not a session-scoped one: while Playwright's sync API is alive, its event
+    loop counts as running in this thread, so every later `asyncio.run()` (the CLI tests) and pytest-asyncio test
+    of the same session would fail.
+    """
+    skip_without_chromium()
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Visitor:
+    """One browser (a context of its own: own cookies and storage) with one page, and what went wrong in it."""
+
+    def __init__(self, context, base_url: str) -> None:
+        self.context = context
+        self.base_url = base_url
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page = context.new_page()
+        self.page.on('console', self._on_console)
+        self.page.on('pageerror', lambda error: self.page_errors.append(str(error)))
+        self.page.on('dialog', self._on_dialog)
+
+    def _on_console(self, message) -> None:
+        if message.type == 'error':
+            self.console_errors.append(f'{message.text} ({message.location})')
+
+    def _on_dialog(self, dialog) -> None:
+        self.dialogs.append(f'{dialog.type}: {dialog.message}')
+        with contextlib.suppress(Exception):
+            dialog.dismiss()
+
+    def goto(self, path: str = '/') -> None:
+        self.page.goto(self.base_url + path)
+
+    # ----- the workspace's parts, found the way a user finds them (labels, roles, visible text) -----------
+
+    @property
+    def header(self):
+        """The `User: … | Patient: …` line in the page header."""
+        return self.page.locator('header').get_by_text(re.compile(r'^\s*User: '))
+
+    @property
+    def composer(self):
+        return self.page.get_by_label('Type message here')
+
+    @property
+    def patient_input(self):
+        return self.page.get_by_label('Patient ID')
+
+    @property
+    def messages(self):
+        """Every message shown; each is an element with role=article."""
+        return self.page.get_by_role('article')
+
+    def message(self, text: str):
+        """The shown messages whose text is exactly `text`."""
+        return self.messages.filter(has=self.page.get_by_text(text, exact=True))
+
+    # ----- flows ---------------------------------------------------------------------------------------
+
+    def create_first_account(self, username: str, display_name: str, password: str = PASSWORD) -> None:
+        self.goto('/')
+        self.page.get_by_label('Username').fill(username)
+        self.page.get_by_label('Display name').fill(display_name)
+        self.page.get_by_label('Password', exact=True).fill(password)
+        self.page.get_by_role('button', name='Create account').click()
+        expect(self.header).to_have_text(f'User: {display_name} | Patient: (not set)')
+
+    def log_in(self, username: str, display_name: str, password: str = PASSWORD, patient: str = '(not set)') -> None:
+        self.goto('/')
+        self.page.get_by_label('Username').fill(username)
+        self.page.get_by_label('Password', exact=True).fill(password)
+        self.page.get_by_role('button', name='Log in').click()
+        expect(self.header).to_have_text(f'User: {display_name} | Patient: {patient}')
+
+    def open_patient(self, patient_id: str, display_name: str) -> None:
+        self.patient_input.fill(patient_id)
+        self.page.get_by_role('button', name='Open patient').click()
+        expect(self.header).to_have_text(f'User: {display_name} | Patient: {patient_id}')
+
+    def send(self, text: str) -> None:
+        """Type a message and click Send; waits until it is shown and the input is cleared."""
+        count = self.messages.count()
+        self.composer.fill(text)
+        self.page.get_by_role('button', name='Send').click()
+        expect(self.messages).to_have_count(count + 1)
+        expect(self.messages.last).to_contain_text(text.strip())
+        expect(self.composer).to_have_value('')
+
+    def forget_console_errors(self) -> None:
+        """Connection errors while the server is deliberately down are expected; forget them."""
+        self.console_errors.clear()
+
+    def assert_clean(self) -> None:
+        assert not self.dialogs, f'dialogs were opened: {self.dialogs}'
+        assert not self.page_errors, f'errors in the page: {self.page_errors}'
+        assert not self.console_errors, f'errors on the console: {self.console_errors}'
+
+
+@contextlib.contextmanager
+def visitors(browser, base_url: str) -> Iterator[Callable[[], Visitor]]:
+    """A maker of visitors of `base_url`, one fresh browser context each; all are closed on leaving."""
+    contexts = []
+
+    def make() -> Visitor:
+        context = browser.new_context(viewport={'width': 1280, 'height': 800})
+        context.set_default_timeout(EXPECT_TIMEOUT_MS)
+        contexts.append(context)
+        return Visitor(context, base_url)
+
+    try:
+        yield make
+    finally:
+        for context in contexts:
+            with contextlib.suppress(Exception):
+                context.close()
