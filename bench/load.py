@@ -38,6 +38,7 @@ import sys
 import time
 import uuid
 from base64 import b64encode
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,17 @@ class Account:
     cookie: str | None = None  # a signed session cookie whose storage holds a live session (preset sign-in)
 
 
-async def _prepare(data_dir: Path, count: int, secret: str, preset: bool) -> list[Account]:
+async def _prepare(
+    data_dir: Path,
+    count: int,
+    secret: str,
+    preset: bool,
+    *,
+    database_url: str | None = None,
+    write_storage: Callable[[str, dict], Awaitable[None]] | None = None,
+) -> list[Account]:
+    """`count` clinicians (and with `preset` a live session each, with the browser storage a login leaves):
+    in the data dir's SQLite and storage files, or in `database_url` with `write_storage(id, storage)`."""
     import itsdangerous
 
     from casebook.config import Settings
@@ -90,7 +101,7 @@ async def _prepare(data_dir: Path, count: int, secret: str, preset: bool) -> lis
     from casebook.services import accounts, sessions
     from casebook.web import notebook
 
-    settings = Settings(data_dir=data_dir, storage_secret=secret)
+    settings = Settings(data_dir=data_dir, storage_secret=secret, database_url=database_url)
     settings.prepare_data_dir()
     database = Database(settings.effective_database_url)
     await database.migrate()
@@ -122,8 +133,11 @@ async def _prepare(data_dir: Path, count: int, secret: str, preset: bool) -> lis
                     )
                     storage_id = str(uuid.uuid4())
                     storage = {notebook.SESSION: token, notebook.CLINICIAN: clinician.id}
-                    path = settings.storage_path / f'storage-user-{storage_id}.json'
-                    path.write_text(json.dumps(storage), encoding='utf-8')
+                    if write_storage is not None:
+                        await write_storage(storage_id, storage)
+                    else:
+                        path = settings.storage_path / f'storage-user-{storage_id}.json'
+                        path.write_text(json.dumps(storage), encoding='utf-8')
                     payload = b64encode(json.dumps({'id': storage_id}).encode('utf-8'))
                     account.cookie = signer.sign(payload).decode('utf-8')
                 result.append(account)
@@ -200,6 +214,7 @@ class Client:
         self.account = account
         self.stats = stats
         self.cookie = account.cookie
+        self.route: str | None = None  # nginx's sticky-session cookie (deploy/nginx.conf), when behind it
         self.page: Page | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.next_message_id = 0
@@ -215,11 +230,19 @@ class Client:
 
     # --- HTTP and socket ---
 
+    def _cookies(self) -> dict[str, str]:
+        """The cookies a browser would send: the session, and behind deploy/nginx.conf its route cookie."""
+        cookies = [f'session={self.cookie}'] if self.cookie else []
+        if self.route:
+            cookies.append(f'casebook_route={self.route}')
+        return {'Cookie': '; '.join(cookies)} if cookies else {}
+
     async def load(self, path: str) -> Page:
-        headers = {'Cookie': f'session={self.cookie}'} if self.cookie else {}
-        async with self.http.get(self.base_url + path, headers=headers, allow_redirects=False) as response:
+        async with self.http.get(self.base_url + path, headers=self._cookies(), allow_redirects=False) as response:
             if (cookie := response.cookies.get('session')) is not None:
                 self.cookie = cookie.value
+            if (route := response.cookies.get('casebook_route')) is not None:
+                self.route = route.value
             if response.status in (302, 303, 307):
                 return await self.load(response.headers['Location'])
             if response.status != 200:
@@ -240,9 +263,7 @@ class Client:
             'transport': 'websocket',
         }
         url = self.base_url.replace('http://', 'ws://') + '/_nicegui_ws/socket.io/'
-        self.ws = await self.http.ws_connect(
-            url, params=query, headers={'Cookie': f'session={self.cookie}'}, max_msg_size=0
-        )
+        self.ws = await self.http.ws_connect(url, params=query, headers=self._cookies(), max_msg_size=0)
         opening = await self.ws.receive_str(timeout=CONNECT_TIMEOUT)
         if not opening.startswith('0'):
             raise Refused(f'engine.io open expected, got {opening[:80]!r}')

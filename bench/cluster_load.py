@@ -1,0 +1,377 @@
+"""Load on a cluster: `deploy/cluster` (N instances behind nginx, PostgreSQL, Redis) driven by bench/load.py's clients.
+
+For each instance count it makes a fresh PostgreSQL database and Redis key prefix, prepares the accounts with
+live sessions (their browser storage written into Redis, as a login leaves it), starts `deploy/cluster`, and:
+
+- load: `--clients` simulated tabs through nginx, one send every 5 s each (bench/load.py's client and rhythm);
+  send → ack is click → the message reaching the sender's own tab. Clients per instance are counted from the
+  established connections on each instance's port.
+- cross-instance delivery: `--pairs` clinicians each with a second browser; the first tab talks to instance 1
+  directly, the second to the last instance directly (with one instance, both to it); the time from the
+  click on Send in the first until the message reaches the second.
+
+    .venv/bin/python bench/cluster_load.py --instances 1 2 --clients 500 --duration 60
+    .venv/bin/python bench/cluster_load.py --instances 2 --clients 20 --duration 10     # smoke
+
+Everything is on 127.0.0.1 and stops by itself (bounded ramp-up, `--duration`, bounded drain, then the cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+import redis.asyncio as redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bench.common import (
+    RESULTS,
+    ROOT,
+    free_port,
+    load_average,
+    log,
+    machine,
+    proc_cpu_seconds,
+    proc_status,
+    summary,
+    write_result,
+)
+from bench.load import (
+    ACK_TIMEOUT,
+    CONNECT_TIMEOUT,
+    RAMP_CONCURRENCY,
+    SEND_INTERVAL,
+    Account,
+    Client,
+    Stats,
+    _client_life,
+    _prepare,
+    _ramped,
+)
+
+POSTGRES_ADMIN_URL = 'postgresql+asyncpg://postgres@127.0.0.1:5432/postgres'
+REDIS_URL = 'redis://127.0.0.1:6379/0'
+CLUSTER = ROOT / 'deploy' / 'cluster'
+READY_TIMEOUT = 180.0
+
+
+async def _admin(statement: str) -> None:
+    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level='AUTOCOMMIT')
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+class Cluster:
+    """`deploy/cluster` as a child process; ready once it prints `ready:`."""
+
+    def __init__(self, instances: int, state_dir: Path, database_url: str, prefix: str, secret: str) -> None:
+        self.instances = instances
+        self.state_dir = state_dir
+        self.port = free_port()
+        first = free_port()  # deploy/cluster takes this port and the ones after it
+        self.instance_ports = [first + n for n in range(instances)]
+        self.command = [
+            sys.executable,
+            str(CLUSTER),
+            '--instances',
+            str(instances),
+            '--port',
+            str(self.port),
+            '--first-instance-port',
+            str(self.instance_ports[0]),
+            '--database-url',
+            database_url,
+            '--redis-url',
+            REDIS_URL,
+            '--state-dir',
+            str(state_dir),
+        ]
+        self.env = {'CASEBOOK_REDIS_KEY_PREFIX': prefix, 'CASEBOOK_STORAGE_SECRET': secret}
+        self.process: subprocess.Popen[str] | None = None
+        self.url = f'http://127.0.0.1:{self.port}'
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        output = open(self.state_dir / 'cluster.out', 'w')  # the child keeps it; closed when it exits
+        self.process = subprocess.Popen(
+            self.command, env={**os.environ, **self.env}, stdout=output, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            lines = (self.state_dir / 'cluster.out').read_text().splitlines()
+            for line in lines:
+                if line.startswith('ready:'):
+                    self.instance_urls = re.findall(r'http://127\.0\.0\.1:\d+', '\n'.join(lines))[: self.instances]
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError('deploy/cluster did not become ready:\n' + (self.state_dir / 'cluster.out').read_text())
+
+    def pids(self) -> list[int]:
+        return [int((self.state_dir / f'instance-{n}.pid').read_text()) for n in range(1, self.instances + 1)]
+
+    def nginx_pids(self) -> list[int]:
+        """nginx's master (its command line names this run's config) and its workers (its children)."""
+        found = subprocess.run(['pgrep', '-f', str(self.state_dir / 'nginx.conf')], capture_output=True, text=True)
+        masters = [int(pid) for pid in found.stdout.split()]
+        workers = []
+        for master in masters:
+            children = subprocess.run(['pgrep', '-P', str(master)], capture_output=True, text=True).stdout
+            workers += [int(pid) for pid in children.split()]
+        return masters + workers
+
+    def connections(self) -> list[int]:
+        """Established connections on each instance's port (nginx's websockets to it)."""
+        counts = []
+        for port in self.instance_ports:
+            listing = subprocess.run(
+                ['ss', '-tnH', 'state', 'established', f'( sport = :{port} )'], capture_output=True, text=True
+            ).stdout
+            counts.append(len(listing.splitlines()))
+        return counts
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def _paired_send(sender: Client, watcher: Client, sequence: int, stats: Stats, delivery: list[float]) -> None:
+    text_ = f'pair {sender.account.index} {sequence} {secrets.token_hex(6)}'
+    own, other = sender.expect(text_), watcher.expect(text_)
+    await sender.set_value('Type message here', text_)
+    started = time.perf_counter()
+    await sender.click('Send')
+    stats.sent += 1
+    acked = await sender.wait(text_, own, ACK_TIMEOUT)
+    stats.latencies_ms.append((acked - started) * 1000)
+    arrived = await watcher.wait(text_, other, ACK_TIMEOUT)
+    delivery.append((arrived - started) * 1000)
+
+
+async def _pair_life(sender: Client, watcher: Client, go: asyncio.Event, stop_at: list[float], stats, delivery):
+    try:
+        await asyncio.wait_for(sender.start(False), CONNECT_TIMEOUT * 2)
+        await asyncio.wait_for(watcher.start(False), CONNECT_TIMEOUT * 2)
+    except Exception as error:
+        stats.error('connect', f'pair {sender.account.username}: {type(error).__name__} {error}')
+        return
+    await go.wait()
+    await asyncio.sleep(random.uniform(0, SEND_INTERVAL))
+    sequence, next_at = 0, time.monotonic()
+    while time.monotonic() < stop_at[0]:
+        try:
+            await _paired_send(sender, watcher, sequence, stats, delivery)
+        except Exception as error:
+            stats.error('pair', f'{sender.account.username}: {type(error).__name__} {error}')
+        sequence += 1
+        next_at += SEND_INTERVAL
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def run_once(instances: int, clients: int, pairs: int, duration: float) -> dict:
+    tag = secrets.token_hex(4)
+    database = f'casebook_bench_{tag}'
+    prefix = f'bench-{tag}:'
+    database_url = f'postgresql+asyncpg://postgres@127.0.0.1:5432/{database}'
+    secret = secrets.token_urlsafe(32)
+    state_dir = RESULTS / 'work' / f'cluster-{instances}-{tag}'
+    redis_client = redis.from_url(REDIS_URL)
+    await _admin(f'CREATE DATABASE "{database}"')
+    cluster = Cluster(instances, state_dir, database_url, prefix, secret)
+    result: dict = {'instances': instances, 'clients': clients, 'pairs': pairs, 'duration_s': duration}
+    try:
+
+        async def write_storage(storage_id: str, storage: dict) -> None:
+            await redis_client.set(f'{prefix}nicegui:user-{storage_id}', json.dumps(storage))
+
+        log(f'cluster {instances}: preparing {clients} + {pairs} accounts')
+        accounts = await _prepare(
+            state_dir / 'prep', clients + pairs, secret, True, database_url=database_url, write_storage=write_storage
+        )
+        # each paired clinician has a second browser: another live session and storage of its own
+        second_cookies = await _second_browsers(accounts[clients:], database_url, secret, write_storage)
+        log(f'cluster {instances}: starting deploy/cluster')
+        await asyncio.to_thread(cluster.start)
+        stats = Stats()
+        delivery: list[float] = []
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        async with aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+        ) as http:
+            load_clients = [Client(http, cluster.url, account, stats) for account in accounts[:clients]]
+            senders = [Client(http, cluster.instance_urls[0], account, stats) for account in accounts[clients:]]
+            watchers = [
+                Client(http, cluster.instance_urls[-1], Account(a.index, a.username, cookie), stats)
+                for a, cookie in zip(accounts[clients:], second_cookies, strict=True)
+            ]
+            ramp, ready, go = asyncio.Semaphore(RAMP_CONCURRENCY), asyncio.Event(), asyncio.Event()
+            stop_at = [float('inf')]
+            ramp_started = time.perf_counter()
+            lives = [asyncio.create_task(_client_life(c, False, ramp, ready, go, stop_at, stats)) for c in load_clients]
+            lives += [
+                asyncio.create_task(_pair_life(s, w, go, stop_at, stats, delivery))
+                for s, w in zip(senders, watchers, strict=True)
+            ]
+            await _ramped(load_clients, stats, ramp_started)
+            await asyncio.sleep(2)
+            result['connected'] = sum(c.ws is not None and not c.ws.closed for c in load_clients)
+            result['ramp_s'] = round(time.perf_counter() - ramp_started, 1)
+            per_instance = cluster.connections()
+            per_instance[0] -= pairs  # the pairs' tabs connect to the first and the last instance directly
+            per_instance[-1] -= pairs
+            result['load_tabs_per_instance'] = per_instance
+            log(f'cluster {instances}: {result["connected"]}/{clients} connected, per instance {per_instance}')
+            stats.latencies_ms.clear()
+            stats.timeline.clear()
+            pids, nginx = cluster.pids(), cluster.nginx_pids()
+            cpu_before = [proc_cpu_seconds(pid) for pid in pids]
+            nginx_before = sum(proc_cpu_seconds(pid) for pid in nginx)
+            load_before = load_average()
+            started = time.perf_counter()
+            stop_at[0] = time.monotonic() + duration
+            go.set()
+            await asyncio.sleep(duration)
+            await asyncio.wait(lives, timeout=ACK_TIMEOUT + SEND_INTERVAL + 5)
+            elapsed = time.perf_counter() - started
+            result['instance_cpu_percent_of_one_core'] = [
+                round((proc_cpu_seconds(pid) - before) / elapsed * 100, 1)
+                for pid, before in zip(pids, cpu_before, strict=True)
+            ]
+            result['nginx_cpu_percent_of_one_core'] = round(
+                (sum(proc_cpu_seconds(pid) for pid in nginx) - nginx_before) / elapsed * 100, 1
+            )
+            result['load_average'] = {'before': load_before, 'after': load_average()}
+            result['instance_rss_mib'] = [proc_status(pid).get('VmRSS') for pid in pids]
+            result['redis'] = await _redis_figures(redis_client)
+            for task in lives:
+                task.cancel()
+            await asyncio.gather(*(c.close() for c in load_clients + senders + watchers), return_exceptions=True)
+        result['sends'] = stats.sent
+        result['acks'] = len(stats.latencies_ms)
+        result['send_to_ack_ms'] = summary(stats.latencies_ms)
+        result['cross_instance_delivery_ms'] = summary(delivery)
+        result['errors'] = stats.errors
+        result['error_examples'] = stats.error_examples
+        result['postgres'] = await _table_sizes(database_url)
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        keys = [key async for key in redis_client.scan_iter(match=f'{prefix}*')]
+        if keys:
+            await redis_client.delete(*keys)
+        await redis_client.aclose()
+        await _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    ack, cross = result.get('send_to_ack_ms', {}), result.get('cross_instance_delivery_ms', {})
+    log(
+        f'cluster {instances} x {clients}: p50 {ack.get("median")} p99 {ack.get("p99")} ms; cross-instance p50 '
+        f'{cross.get("median")} p99 {cross.get("p99")} ms; errors {sum(result.get("errors", {}).values())}'
+    )
+    return result
+
+
+async def _redis_figures(client: redis.Redis) -> dict:
+    """Connections and channels on the Redis server while the cluster holds its tabs."""
+    clients, stats = await client.info('clients'), await client.info('stats')
+    return {
+        'connected_clients': clients.get('connected_clients'),
+        'pubsub_channels': len(await client.pubsub_channels()),
+        'pubsub_patterns': await client.pubsub_numpat(),
+        'total_commands_processed': stats.get('total_commands_processed'),
+    }
+
+
+async def _table_sizes(database_url: str) -> dict:
+    """Rows and bytes (with indexes and TOAST) of the tables a message writes to, and bytes per message."""
+    engine = create_async_engine(database_url)
+    figures: dict = {}
+    try:
+        async with engine.connect() as connection:
+            for table in ('messages', 'audit_events', 'conversations', 'auth_sessions'):
+                rows = (await connection.execute(text(f'SELECT count(*) FROM {table}'))).scalar_one()  # noqa: S608
+                size = (await connection.execute(text(f"SELECT pg_total_relation_size('{table}')"))).scalar_one()
+                figures[table] = {'rows': rows, 'bytes': size}
+            avg = (await connection.execute(text('SELECT avg(octet_length(text)) FROM messages'))).scalar_one()
+            figures['average_text_bytes'] = round(float(avg or 0), 1)
+    finally:
+        await engine.dispose()
+    messages = figures['messages']['rows'] or 1
+    figures['bytes_per_message_incl_audit'] = round(
+        (figures['messages']['bytes'] + figures['audit_events']['bytes']) / messages
+    )
+    return figures
+
+
+async def _second_browsers(accounts: list[Account], database_url: str, secret: str, write_storage) -> list[str]:
+    """A second live session and browser storage for each of these clinicians; their signed cookies."""
+    from base64 import b64encode
+    from uuid import uuid4
+
+    import itsdangerous
+    from sqlalchemy import select
+
+    from casebook.db import Database
+    from casebook.models import Clinician
+    from casebook.services import sessions
+    from casebook.web import notebook
+
+    database = Database(database_url)
+    signer = itsdangerous.TimestampSigner(secret)
+    cookies = []
+    try:
+        async with database.session() as session:
+            for account in accounts:
+                clinician = (await session.execute(select(Clinician).filter_by(username=account.username))).scalar_one()
+                token = await sessions.start(
+                    session, clinician_id=clinician.id, user_agent='bench', address='127.0.0.1'
+                )
+                storage_id = str(uuid4())
+                await write_storage(storage_id, {notebook.SESSION: token, notebook.CLINICIAN: clinician.id})
+                cookies.append(signer.sign(b64encode(json.dumps({'id': storage_id}).encode())).decode())
+    finally:
+        await database.dispose()
+    return cookies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--instances', type=int, nargs='+', default=[1, 2])
+    parser.add_argument('--clients', type=int, default=500, help='tabs through nginx (default 500)')
+    parser.add_argument('--pairs', type=int, default=20, help='clinicians with a tab on two instances (default 20)')
+    parser.add_argument('--duration', type=float, default=60)
+    parser.add_argument('--name', default='cluster-load')
+    args = parser.parse_args()
+    results = {'machine': machine(), 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'runs': []}
+    for instances in args.instances:
+        results['runs'].append(asyncio.run(run_once(instances, args.clients, args.pairs, args.duration)))
+    results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
+    path = write_result(args.name, results)
+    log(f'written {path}')
+
+
+if __name__ == '__main__':
+    main()
