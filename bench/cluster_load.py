@@ -79,6 +79,27 @@ async def _admin(statement: str) -> None:
         await engine.dispose()
 
 
+def _free_port_run(count: int) -> int:
+    """The first of `count` consecutive ports that are free now."""
+    import socket
+
+    for _ in range(100):
+        first = free_port()
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(('127.0.0.1', port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f'no {count} consecutive free ports found')
+
+
 class Cluster:
     """`deploy/cluster` as a child process; ready once it prints `ready:`."""
 
@@ -86,7 +107,7 @@ class Cluster:
         self.instances = instances
         self.state_dir = state_dir
         self.port = free_port()
-        first = free_port()  # deploy/cluster takes this port and the ones after it
+        first = _free_port_run(instances)  # deploy/cluster takes this port and the ones after it
         self.instance_ports = [first + n for n in range(instances)]
         self.command = [
             sys.executable,
