@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -136,9 +136,28 @@ class Database:
             self._threaded_engine.dispose()
 
 
-def migrate_blocking(url: str) -> None:
-    """Apply migrations before serving, on a loop of its own (callers may already be inside one)."""
+def run_on_own_loop(work: Callable[[], Awaitable[T]]) -> T:
+    """Run the coroutine `work()` on an event loop of its own in another thread, and return its result (or raise
+    its exception) here: for callers that may already be inside a running loop."""
+    result: list[T] = []
     failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(work()))
+        except BaseException as error:  # handed to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name='casebook-own-loop')
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def migrate_blocking(url: str) -> None:
+    """Apply migrations before serving (callers may already be inside a loop)."""
 
     async def run() -> None:
         database = Database(url)
@@ -147,17 +166,7 @@ def migrate_blocking(url: str) -> None:
         finally:
             await database.dispose()
 
-    def work() -> None:
-        try:
-            asyncio.run(run())
-        except BaseException as error:  # handed to the caller's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=work, name='casebook-migrate')
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
+    run_on_own_loop(run)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

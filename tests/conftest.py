@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from casebook.db import Database
+from casebook.db import Database, run_on_own_loop
 from casebook.services import accounts
 from tests import postgres
 
@@ -50,7 +50,7 @@ def postgres_server() -> Iterator[postgres.PostgresServer]:
         pytest.skip(f'PostgreSQL variants skipped because {postgres.OPT_OUT}=0')
     server = postgres.PostgresServer(postgres.server_url())
     try:
-        postgres.run_in_thread(server.check_reachable)
+        run_on_own_loop(server.check_reachable)
     except Exception as error:  # refused, timed out, authentication: all mean the same here
         pytest.fail(
             f'PostgreSQL is not reachable at {server.server.render_as_string()} ({type(error).__name__}: {error}). '
@@ -58,11 +58,11 @@ def postgres_server() -> Iterator[postgres.PostgresServer]:
             pytrace=False,
         )
     try:
-        postgres.run_in_thread(server.create_template)
+        run_on_own_loop(server.create_template)
         yield server
     finally:
         server.close()
-        postgres.run_in_thread(server.drop_all)
+        run_on_own_loop(server.drop_all)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -13,17 +13,12 @@ import asyncio
 import itertools
 import os
 import secrets
-import threading
-from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from casebook.db import Database
-
-T = TypeVar('T')
 
 OPT_OUT = 'CASEBOOK_TEST_POSTGRES'  # '0': skip the PostgreSQL variants (loudly)
 SERVER_URL = 'CASEBOOK_TEST_POSTGRES_URL'  # any database on the server; the run's own are created beside it
@@ -38,25 +33,6 @@ def opted_out() -> bool:
 
 def server_url() -> URL:
     return make_url(os.environ.get(SERVER_URL) or DEFAULT_SERVER_URL).set(drivername='postgresql+asyncpg')
-
-
-def run_in_thread(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on a loop of its own in another thread: pytest-asyncio owns this thread's loop."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(work()))
-        except BaseException as error:
-            failure.append(error)
-
-    thread = threading.Thread(target=target, name='casebook-test-postgres')
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 def _quoted(name: str) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from casebook.db import run_on_own_loop
 from tests.browser_support import CASEBOOK, Visitor, casebook_env, free_port, launch_chromium, visitors
 
 DEPLOY_CLUSTER = Path(__file__).resolve().parents[2] / 'deploy' / 'cluster'
@@ -220,7 +221,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable
     def start(instances: int = 2, *, database: str = 'postgresql', env: dict[str, str] | None = None) -> Cluster:
         if database == 'postgresql':
             server = request.getfixturevalue('postgres_server')
-            name = _run_in_thread(server.create)
+            name = run_on_own_loop(server.create)
             databases.append((server, name))
             database_url = server.url(name)
         elif database == 'sqlite':
@@ -246,16 +247,10 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable
     finally:
         statuses = [(running, running.stop()) for running in started]
         for server, name in databases:
-            _run_in_thread(lambda server=server, name=name: server.drop(name))
+            run_on_own_loop(lambda server=server, name=name: server.drop(name))
         _delete_redis_keys(prefixes)
     for running, status in statuses:
         assert status in (0, None), f'deploy/cluster exited with {status} when stopped:\n{running.report()}'
-
-
-def _run_in_thread(work):
-    from tests import postgres  # only when a cluster uses PostgreSQL (it needs asyncpg)
-
-    return postgres.run_in_thread(work)
 
 
 def _delete_redis_keys(prefixes: list[str]) -> None:

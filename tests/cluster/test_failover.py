@@ -25,9 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.load import Client, Refused, Stats, _prepare
+from casebook.db import run_on_own_loop
 from tests.browser_support import PASSWORD
 from tests.cluster.conftest import REDIS_URL
-from tests.postgres import run_in_thread
 
 UPSTREAM = re.compile(r'"GET / HTTP[^"]*" 200 .* upstream=([^ ]+)')
 
@@ -120,7 +120,7 @@ async def _reconnect(client: Client, deadline: float) -> None:
 def test_no_acknowledged_message_is_lost_when_an_instance_is_killed_under_load(cluster, tmp_path: Path):
     running = cluster(instances=2)
     # on a loop of its own: Playwright's sync API may hold this thread's loop (the browser tests of this package)
-    run_in_thread(lambda: _load_and_kill(running, tmp_path))
+    run_on_own_loop(lambda: _load_and_kill(running, tmp_path))
 
 
 async def _load_and_kill(running, tmp_path: Path) -> None:

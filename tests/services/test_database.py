@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from casebook.config import load_settings
-from casebook.db import Database
+from casebook.db import Database, run_on_own_loop
 from tests import postgres
 
 
@@ -42,7 +42,7 @@ migrate_blocking(sys.argv[1])
 def test_instances_starting_at_once_migrate_one_after_another(postgres_server: postgres.PostgresServer) -> None:
     """Four instances migrate one fresh, empty database at the same moment: the advisory lock lets one create the
     schema while the others wait, then find it done; without it they collide on CREATE TABLE."""
-    name = postgres.run_in_thread(lambda: postgres_server.create(from_template=False))
+    name = run_on_own_loop(lambda: postgres_server.create(from_template=False))
     url = postgres_server.url(name)
     try:
         instances = [
@@ -59,9 +59,9 @@ def test_instances_starting_at_once_migrate_one_after_another(postgres_server: p
         for instance in instances:
             instance.communicate(timeout=60)
         assert [instance.returncode for instance in instances] == [0, 0, 0, 0]
-        assert postgres.run_in_thread(lambda: schema(url)) == ('0004', 1, 1)
+        assert run_on_own_loop(lambda: schema(url)) == ('0004', 1, 1)
     finally:
-        postgres.run_in_thread(lambda: postgres_server.drop(name))
+        run_on_own_loop(lambda: postgres_server.drop(name))
 
 
 async def schema(url: str) -> tuple[str, int, int]:
