@@ -109,12 +109,6 @@ class LocalHub:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def start(self) -> None:
-        """Nothing to start within one process."""
-
-    async def stop(self) -> None:
-        """Nothing to stop within one process."""
-
     @staticmethod
     async def _deliver(subscriber: Subscriber, event: Event) -> None:
         try:
@@ -169,7 +163,7 @@ class RedisHub(LocalHub):
     Redis. Each instance listens with one pattern subscription to all of Casebook's channels and ignores
     its own events and topics nobody here follows: no subscribe round trip when a tab opens a patient, so
     no event can slip by between reading a conversation and following it. (Every instance receives every
-    event; docs/scaling.md has the arithmetic of when per-topic channels would be worth it.)
+    event: Redis's fan-out grows with instances x events; per-topic channels would be the next step.)
 
     When Redis goes away, local delivery goes on; events for other instances are dropped (logged) and both
     sides recover by themselves: the listener reconnects with a growing pause and, once subscribed again,
@@ -180,12 +174,12 @@ class RedisHub(LocalHub):
     QUEUE_LIMIT = 10_000  # events waiting for Redis; beyond this the oldest are dropped (and resynced)
     RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between reconnection attempts, doubling
 
-    def __init__(self, url: str, *, prefix: str) -> None:
+    def __init__(self, redis: Any, *, prefix: str) -> None:
+        """`redis`: the redis.asyncio client the instance shares (its owner closes it)."""
         super().__init__()
-        self._url = url
+        self.redis = redis
         self._channel_prefix = f'{prefix}live:'
         self.origin = uuid.uuid4().hex  # this instance
-        self._redis: Any = None
         self._outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._dropped: set[str] = set()  # topics whose events did not reach Redis: resynced when it is back
         self._workers: list[asyncio.Task] = []
@@ -196,9 +190,6 @@ class RedisHub(LocalHub):
         return self._channel_prefix + topic
 
     async def start(self) -> None:
-        import redis.asyncio as redis  # imported here: a single instance never needs it
-
-        self._redis = redis.from_url(self._url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
         self._workers = [
             asyncio.create_task(self._listen(), name='casebook-live-listen'),
             asyncio.create_task(self._publish_queued(), name='casebook-live-publish'),
@@ -211,9 +202,6 @@ class RedisHub(LocalHub):
             with suppress(asyncio.CancelledError):
                 await worker
         self._workers = []
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
 
     async def publish(self, event: Event) -> None:
         await super().publish(event)
@@ -234,11 +222,11 @@ class RedisHub(LocalHub):
             try:
                 if self._dropped:
                     for topic in sorted(self._dropped):
-                        await self._redis.publish(self.channel(topic), encode(Resync(topic), self.origin))
+                        await self.redis.publish(self.channel(topic), encode(Resync(topic), self.origin))
                         self._dropped.discard(topic)
                     log.warning('live updates reach other instances again')
                 if channel is not None:
-                    await self._redis.publish(channel, payload)
+                    await self.redis.publish(channel, payload)
                 pause = self.RETRY_FIRST
             except Exception as error:  # Redis unreachable or failing: the database already holds the change
                 if not self._dropped:
@@ -253,7 +241,7 @@ class RedisHub(LocalHub):
         pause = self.RETRY_FIRST
         subscribed_before = False
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(self._channel_prefix + '*')
                 while True:

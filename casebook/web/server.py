@@ -54,8 +54,6 @@ def build(settings: Settings) -> None:
     migrate_blocking(settings.effective_database_url)  # before the first request can arrive
     database = Database.from_settings(settings)
     runtime.install(_shared_parts(settings, database))
-    app.on_startup(runtime.current().hub.start)
-    app.on_shutdown(runtime.current().hub.stop)
     app.on_shutdown(database.dispose)
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     guard_socket_events()
@@ -79,12 +77,15 @@ def _shared_parts(settings: Settings, database: Database) -> runtime.Runtime:
     import redis.asyncio as redis
 
     client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
-    app.on_shutdown(client.aclose)
     prefix = settings.redis_key_prefix
+    hub = RedisHub(client, prefix=prefix)
+    app.on_startup(hub.start)
+    app.on_shutdown(hub.stop)
+    app.on_shutdown(client.aclose)  # after the hub's workers have stopped using it
     return runtime.Runtime(
         settings=settings,
         database=database,
-        hub=RedisHub(settings.redis_url, prefix=prefix),
+        hub=hub,
         tickets=auth.Tickets(client, prefix=prefix),
         throttle=SharedThrottle(client, prefix=prefix),
     )

@@ -55,10 +55,17 @@ class Inbox:
 
 
 async def started(url: str, prefix: str) -> RedisHub:
-    hub = RedisHub(url, prefix=prefix)
+    """A hub as an instance has one, with a Redis client of its own (as `casebook serve` makes it)."""
+    hub = RedisHub(redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), prefix=prefix)
     await hub.start()
     await asyncio.wait_for(hub.connected.wait(), WITHIN)
     return hub
+
+
+async def stopped(*hubs: RedisHub) -> None:
+    for hub in hubs:
+        await hub.stop()
+        await hub.redis.aclose()
 
 
 def test_events_survive_the_trip_through_json() -> None:
@@ -90,8 +97,7 @@ async def test_an_event_reaches_the_other_instance_once_and_this_one_once(redis_
         await asyncio.sleep(0.2)  # long enough for a duplicate from Redis to have arrived
         assert here.events == [] and there.events == [] and elsewhere.events == []
     finally:
-        await first.stop()
-        await second.stop()
+        await stopped(first, second)
 
 
 async def test_logoff_reaches_the_other_instance(redis_client, redis_prefix) -> None:
@@ -103,8 +109,7 @@ async def test_logoff_reaches_the_other_instance(redis_client, redis_prefix) -> 
         await first.publish(ended)
         assert await inbox.next() == ended
     finally:
-        await first.stop()
-        await second.stop()
+        await stopped(first, second)
 
 
 async def test_a_malformed_or_mislabelled_event_is_ignored(redis_client, redis_prefix) -> None:
@@ -120,7 +125,7 @@ async def test_a_malformed_or_mislabelled_event_is_ignored(redis_client, redis_p
         assert await inbox.next() == good
         assert inbox.events == []
     finally:
-        await hub.stop()
+        await stopped(hub)
 
 
 async def test_redis_going_away_loses_nothing_and_live_updates_resume(private_redis: PrivateRedis) -> None:
@@ -151,8 +156,7 @@ async def test_redis_going_away_loses_nothing_and_live_updates_resume(private_re
         assert all(event in (after, Resync(topic)) for event in seen)
         assert second.resyncs >= 1
     finally:
-        await first.stop()
-        await second.stop()
+        await stopped(first, second)
 
 
 async def test_throttle_counts_are_shared_between_instances(redis_client, redis_prefix) -> None:
