@@ -30,7 +30,7 @@ import pytest
 import redis
 
 from casebook.db import run_on_own_loop
-from tests.browser_support import CASEBOOK, Visitor, casebook_env, free_port, launch_chromium, visitors
+from tests.browser_support import CASEBOOK, PASSWORD, Visitor, casebook_env, free_port, launch_chromium, visitors
 
 DEPLOY_CLUSTER = Path(__file__).resolve().parents[2] / 'deploy' / 'cluster'
 REDIS_URL = os.environ.get('CASEBOOK_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
@@ -182,6 +182,13 @@ class Cluster:
         for number in range(1, self.instances + 1):
             bad = [line for line in self.log(number).splitlines() if re.search(r'Traceback|\b(ERROR|CRITICAL)\b', line)]
             assert not bad, f'instance {number} logged errors:\n{self.log(number)}'
+
+    def add_clinician(self, username: str, display_name: str) -> None:
+        """An account with the tests' password, through the real CLI."""
+        added = self.cli(
+            'user', 'add', username, '--display-name', display_name, '--password-stdin', input=PASSWORD + '\n'
+        )
+        assert added.returncode == 0, f'casebook user add {username}: {added.stdout}{added.stderr}'
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """`casebook ARGS` against the cluster's database and Redis (e.g. `user add … --password-stdin`)."""

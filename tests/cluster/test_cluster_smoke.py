@@ -8,8 +8,6 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser_support import PASSWORD
-
 
 def _get(url: str, path: str) -> http.client.HTTPResponse:
     address = urlsplit(url)
@@ -23,8 +21,7 @@ def _get(url: str, path: str) -> http.client.HTTPResponse:
 
 def test_nginx_serves_the_login_page_and_both_instances_answer(cluster):
     running = cluster(instances=2)
-    added = running.cli('user', 'add', 'alice', '--display-name', 'Dr Alice', '--password-stdin', input=PASSWORD + '\n')
-    assert added.returncode == 0, added.stderr
+    running.add_clinician('alice', 'Dr Alice')
 
     response = _get(running.url, '/login')
     assert response.status == 200
@@ -40,8 +37,7 @@ def test_nginx_serves_the_login_page_and_both_instances_answer(cluster):
 def test_a_browser_reaches_the_login_page_through_nginx_without_a_reload(cluster, new_visitor):
     """The page and its websocket reach the same instance from the first visit on (deploy/nginx.conf's cookie)."""
     running = cluster(instances=2)
-    added = running.cli('user', 'add', 'alice', '--display-name', 'Dr Alice', '--password-stdin', input=PASSWORD + '\n')
-    assert added.returncode == 0, added.stderr
+    running.add_clinician('alice', 'Dr Alice')
 
     visitor = new_visitor(running.url)
     reloads: list[str] = []

@@ -26,7 +26,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.load import Client, Refused, Stats, _prepare
 from casebook.db import run_on_own_loop
-from tests.browser_support import PASSWORD
 from tests.cluster.conftest import REDIS_URL
 
 UPSTREAM = re.compile(r'"GET / HTTP[^"]*" 200 .* upstream=([^ ]+)')
@@ -45,8 +44,7 @@ def _serving_instance(running) -> int:
 @pytest.mark.browser
 def test_a_tab_on_a_killed_instance_carries_on_on_the_other(cluster, new_visitor):
     running = cluster(instances=2)
-    added = running.cli('user', 'add', 'ada', '--display-name', 'Dr Ada', '--password-stdin', input=PASSWORD + '\n')
-    assert added.returncode == 0, added.stderr
+    running.add_clinician('ada', 'Dr Ada')
     visitor = new_visitor(running.url)
     visitor.log_in('ada', 'Dr Ada')
     visitor.open_patient('PAT-9', 'Dr Ada')

@@ -7,23 +7,16 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser_support import PASSWORD, Visitor
+from tests.browser_support import Visitor
 
 pytestmark = pytest.mark.browser
 
 WITHIN_MS = 1000  # the promise: a message on instance A is in a tab on instance B within one second
 
 
-def _add(running, username: str, display_name: str) -> None:
-    added = running.cli(
-        'user', 'add', username, '--display-name', display_name, '--password-stdin', input=PASSWORD + '\n'
-    )
-    assert added.returncode == 0, added.stderr
-
-
 def test_a_message_sent_on_one_instance_is_in_a_tab_on_the_other_within_a_second(cluster, new_visitor):
     running = cluster(instances=2)
-    _add(running, 'ada', 'Dr Ada')
+    running.add_clinician('ada', 'Dr Ada')
     on_a = new_visitor(running.instance_urls[0])  # the ward's desktop
     on_b = new_visitor(running.instance_urls[1])  # her tablet, served by the other instance
     for visitor in (on_a, on_b):
@@ -51,7 +44,7 @@ def test_a_message_sent_on_one_instance_is_in_a_tab_on_the_other_within_a_second
 
 def test_signed_in_through_one_instance_and_logout_there_ends_the_tab_on_the_other(cluster, new_visitor):
     running = cluster(instances=2)
-    _add(running, 'ada', 'Dr Ada')
+    running.add_clinician('ada', 'Dr Ada')
     on_a = new_visitor(running.instance_urls[0])
     on_a.log_in('ada', 'Dr Ada')
     on_a.open_patient('PAT-7', 'Dr Ada')
