@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Integer, String, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from casebook.models import AuditEvent, AuditHead, storable, utcnow
+from casebook.models import AuditEvent, AuditHead, UTCDateTime, storable, utcnow
 
 GENESIS = '0' * 64
 
@@ -103,11 +103,23 @@ _EVENTS, _HEAD = AuditEvent.__table__, AuditHead.__table__
 _ADVANCE = update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
 _SET_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam('new_hash'))
 _INSERT = insert(_EVENTS)
+_APPEND = select(
+    func.audit_append(
+        bindparam('at', type_=UTCDateTime()),
+        bindparam('middle'),
+        bindparam('action'),
+        bindparam('actor_id', type_=Integer()),
+        bindparam('actor'),
+        bindparam('patient_id', type_=String()),
+        bindparam('address'),
+        bindparam('detail'),
+    )
+)
 
 
-def row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
-    content = [
-        seq,
+def _middle(at: datetime, entry: Entry) -> str:
+    """The JSON of a row's fields between seq and prev_hash, as row_hash spells them (without brackets)."""
+    fields = [
         at.astimezone(UTC).isoformat(timespec='microseconds'),
         entry.action,
         entry.actor_id,
@@ -115,9 +127,15 @@ def row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
         entry.patient_id,
         entry.address,
         entry.detail,
-        prev_hash,
     ]
-    return hashlib.sha256(json.dumps(content, ensure_ascii=False, separators=(',', ':')).encode()).hexdigest()
+    return json.dumps(fields, ensure_ascii=False, separators=(',', ':'))[1:-1]
+
+
+def row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
+    # the same string as json.dumps([seq, *middle, prev_hash]); PostgreSQL's audit_append (migration 0005)
+    # builds it the same way from the same parts
+    content = f'[{int(seq)},{_middle(at, entry)},{json.dumps(prev_hash)}]'
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def record_sync(session: Session, entry: Entry) -> None:
@@ -125,7 +143,6 @@ def record_sync(session: Session, entry: Entry) -> None:
     if entry.action not in ACTIONS:
         raise ValueError(f'unknown audit action {entry.action!r}')
     connection = session.connection()
-    seq, prev_hash = connection.execute(_ADVANCE).one()
     at = utcnow()
     entry = Entry(  # as stored (and hashed): within the columns' lengths, no NUL
         entry.action,
@@ -135,6 +152,23 @@ def record_sync(session: Session, entry: Entry) -> None:
         storable(entry.address[:64]),
         storable(entry.detail[:200]),
     )
+    if connection.dialect.name == 'postgresql':
+        # one round trip: the head's row lock lasts only until the commit that follows (see migration 0005)
+        connection.execute(
+            _APPEND,
+            {
+                'at': at,
+                'middle': _middle(at, entry),
+                'action': entry.action,
+                'actor_id': entry.actor_id,
+                'actor': entry.actor,
+                'patient_id': entry.patient_id,
+                'address': entry.address,
+                'detail': entry.detail,
+            },
+        )
+        return
+    seq, prev_hash = connection.execute(_ADVANCE).one()
     digest = row_hash(seq, at, entry, prev_hash)
     connection.execute(
         _INSERT,

@@ -210,6 +210,30 @@ async def test_nul_in_free_text_is_kept_alike_on_every_engine(database: Database
     assert (await verify(database)).ok
 
 
+async def test_the_chain_hashes_any_text_as_python_does(database: Database) -> None:
+    """On PostgreSQL the database computes each row's hash (migration 0005) from JSON that Python spells: quotes,
+    backslashes, control characters, non-ASCII, line separators and long text must hash the same on both sides,
+    or verify (in Python) would call an untouched trail broken."""
+    hostile = [
+        '"quoted" \\ back\\slash',
+        'line\nbreak\ttab\r\x01\x1f\x7f',
+        'Größe 血压 🩺 \u2028\u2029',
+        "O'Brien; --",
+        'x' * 300,
+    ]
+    async with database.session() as session:
+        for n, value in enumerate(hostile):
+            await audit.record_now(
+                session, audit.Entry(audit.ADMIN_AUDIT_EXPORT, n or None, value, value, value, f'detail {value}')
+            )
+    stored = await rows(database)
+    assert [row.actor for row in stored] == [value[:64] for value in hostile]
+    for row in stored:
+        entry = audit.Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
+        assert row.hash == audit.row_hash(row.seq, row.at, entry, row.prev_hash)
+    assert (await verify(database)).ok
+
+
 async def test_csv_export_defuses_formulas(database: Database) -> None:
     ada = await add_clinician(database, 'ada')
     async with database.session() as session:

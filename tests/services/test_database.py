@@ -59,7 +59,7 @@ def test_instances_starting_at_once_migrate_one_after_another(postgres_server: p
         for instance in instances:
             instance.communicate(timeout=60)
         assert [instance.returncode for instance in instances] == [0, 0, 0, 0]
-        assert run_on_own_loop(lambda: schema(url)) == ('0004', 1, 1)
+        assert run_on_own_loop(lambda: schema(url)) == ('0005', 1, 1)
     finally:
         run_on_own_loop(lambda: postgres_server.drop(name))
 
