@@ -214,7 +214,7 @@ async def _pair_life(sender: Client, watcher: Client, go: asyncio.Event, stop_at
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-async def run_once(instances: int, clients: int, pairs: int, duration: float) -> dict:
+async def run_once(instances: int, clients: int, pairs: int, duration: float, interval: float = SEND_INTERVAL) -> dict:
     tag = secrets.token_hex(4)
     database = f'casebook_bench_{tag}'
     prefix = f'bench-{tag}:'
@@ -224,7 +224,13 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float) ->
     redis_client = redis.from_url(REDIS_URL)
     await _admin(f'CREATE DATABASE "{database}"')
     cluster = Cluster(instances, state_dir, database_url, prefix, secret)
-    result: dict = {'instances': instances, 'clients': clients, 'pairs': pairs, 'duration_s': duration}
+    result: dict = {
+        'instances': instances,
+        'clients': clients,
+        'pairs': pairs,
+        'duration_s': duration,
+        'send_interval_s': interval,
+    }
     try:
 
         async def write_storage(storage_id: str, storage: dict) -> None:
@@ -254,7 +260,10 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float) ->
             ramp, ready, go = asyncio.Semaphore(RAMP_CONCURRENCY), asyncio.Event(), asyncio.Event()
             stop_at = [float('inf')]
             ramp_started = time.perf_counter()
-            lives = [asyncio.create_task(_client_life(c, False, ramp, ready, go, stop_at, stats)) for c in load_clients]
+            lives = [
+                asyncio.create_task(_client_life(c, False, ramp, ready, go, stop_at, stats, interval))
+                for c in load_clients
+            ]
             lives += [
                 asyncio.create_task(_pair_life(s, w, go, stop_at, stats, delivery))
                 for s, w in zip(senders, watchers, strict=True)
@@ -273,12 +282,13 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float) ->
             pids, nginx = cluster.pids(), cluster.nginx_pids()
             cpu_before = [proc_cpu_seconds(pid) for pid in pids]
             nginx_before = sum(proc_cpu_seconds(pid) for pid in nginx)
+            others_before, machine_before = _other_cpu_seconds(), _machine_cpu_seconds()
             load_before = load_average()
             started = time.perf_counter()
             stop_at[0] = time.monotonic() + duration
             go.set()
             await asyncio.sleep(duration)
-            await asyncio.wait(lives, timeout=ACK_TIMEOUT + SEND_INTERVAL + 5)
+            await asyncio.wait(lives, timeout=ACK_TIMEOUT + max(interval, SEND_INTERVAL) + 5)
             elapsed = time.perf_counter() - started
             result['instance_cpu_percent_of_one_core'] = [
                 round((proc_cpu_seconds(pid) - before) / elapsed * 100, 1)
@@ -287,6 +297,15 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float) ->
             result['nginx_cpu_percent_of_one_core'] = round(
                 (sum(proc_cpu_seconds(pid) for pid in nginx) - nginx_before) / elapsed * 100, 1
             )
+            result['other_cpu_percent_of_one_core'] = {
+                name: round((seconds - others_before.get(name, 0.0)) / elapsed * 100, 1)
+                for name, seconds in _other_cpu_seconds().items()
+            }
+            busy, stolen, total = (
+                after - before for after, before in zip(_machine_cpu_seconds(), machine_before, strict=True)
+            )
+            result['machine_busy_percent'] = round(busy / total * 100, 1)
+            result['machine_stolen_percent'] = round(stolen / total * 100, 1)
             result['load_average'] = {'before': load_before, 'after': load_average()}
             result['instance_rss_mib'] = [proc_status(pid).get('VmRSS') for pid in pids]
             result['redis'] = await _redis_figures(redis_client)
@@ -313,6 +332,31 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float) ->
         f'{cross.get("median")} p99 {cross.get("p99")} ms; errors {sum(result.get("errors", {}).values())}'
     )
     return result
+
+
+def _other_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of what shares the machine with the instances: this load generator, Redis and the
+    PostgreSQL server processes alive now (a backend that exits takes its seconds with it, so this undercounts
+    PostgreSQL a little; the pools keep their connections, so not by much)."""
+    seconds = {'load_generator': proc_cpu_seconds(os.getpid())}
+    for name, pattern in (('redis', 'redis-server'), ('postgres', 'postgres')):
+        found = subprocess.run(['pgrep', '-x', pattern], capture_output=True, text=True).stdout.split()
+        total = 0.0
+        for pid in found:
+            try:
+                total += proc_cpu_seconds(int(pid))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        seconds[name] = total
+    return seconds
+
+
+def _machine_cpu_seconds() -> tuple[float, float, float]:
+    """(busy, stolen, total) jiffies of all cores together, from /proc/stat; stolen: time the hypervisor gave
+    this virtual machine's cores to others (counted in busy too)."""
+    fields = [int(x) for x in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return float(sum(fields) - idle), float(fields[7]), float(sum(fields))
 
 
 async def _redis_figures(client: redis.Redis) -> dict:
@@ -384,11 +428,19 @@ def main() -> None:
     parser.add_argument('--clients', type=int, default=500, help='tabs through nginx (default 500)')
     parser.add_argument('--pairs', type=int, default=20, help='clinicians with a tab on two instances (default 20)')
     parser.add_argument('--duration', type=float, default=60)
+    parser.add_argument(
+        '--send-interval',
+        type=float,
+        default=SEND_INTERVAL,
+        help=f"seconds between one load tab's messages (default {SEND_INTERVAL:g}; the pairs always use that)",
+    )
     parser.add_argument('--name', default='cluster-load')
     args = parser.parse_args()
     results = {'machine': machine(), 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'runs': []}
     for instances in args.instances:
-        results['runs'].append(asyncio.run(run_once(instances, args.clients, args.pairs, args.duration)))
+        results['runs'].append(
+            asyncio.run(run_once(instances, args.clients, args.pairs, args.duration, args.send_interval))
+        )
     results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
     path = write_result(args.name, results)
     log(f'written {path}')

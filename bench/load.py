@@ -407,6 +407,7 @@ async def _client_life(
     go: asyncio.Event,
     stop_at: list[float],
     stats: Stats,
+    interval: float = SEND_INTERVAL,
 ) -> bool:
     try:
         async with ramp:
@@ -417,7 +418,7 @@ async def _client_life(
         return False
     ready.set()
     await go.wait()
-    await asyncio.sleep(random.uniform(0, SEND_INTERVAL))  # spread the clients over the interval
+    await asyncio.sleep(random.uniform(0, interval))  # spread the clients over the interval
     sequence = 0
     next_at = time.monotonic()
     while time.monotonic() < stop_at[0]:
@@ -433,7 +434,7 @@ async def _client_life(
             if client.ws is None or client.ws.closed:
                 break
         sequence += 1
-        next_at += SEND_INTERVAL
+        next_at += interval
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     return True
 
