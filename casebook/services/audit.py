@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Integer, String, bindparam, func, insert, select, update
@@ -152,39 +152,14 @@ def record_sync(session: Session, entry: Entry) -> None:
         storable(entry.address[:64]),
         storable(entry.detail[:200]),
     )
+    row = {'at': at, **asdict(entry)}
     if connection.dialect.name == 'postgresql':
         # one round trip: the head's row lock lasts only until the commit that follows (see migration 0005)
-        connection.execute(
-            _APPEND,
-            {
-                'at': at,
-                'middle': _middle(at, entry),
-                'action': entry.action,
-                'actor_id': entry.actor_id,
-                'actor': entry.actor,
-                'patient_id': entry.patient_id,
-                'address': entry.address,
-                'detail': entry.detail,
-            },
-        )
+        connection.execute(_APPEND, {**row, 'middle': _middle(at, entry)})
         return
     seq, prev_hash = connection.execute(_ADVANCE).one()
     digest = row_hash(seq, at, entry, prev_hash)
-    connection.execute(
-        _INSERT,
-        {
-            'seq': seq,
-            'at': at,
-            'action': entry.action,
-            'actor_id': entry.actor_id,
-            'actor': entry.actor,
-            'patient_id': entry.patient_id,
-            'address': entry.address,
-            'detail': entry.detail,
-            'prev_hash': prev_hash,
-            'hash': digest,
-        },
-    )
+    connection.execute(_INSERT, {**row, 'seq': seq, 'prev_hash': prev_hash, 'hash': digest})
     connection.execute(_SET_HEAD, {'new_hash': digest})
 
 
