@@ -46,6 +46,7 @@ from bench.common import (
     load_average,
     log,
     machine,
+    postgres_admin,
     proc_cpu_seconds,
     proc_status,
     summary,
@@ -64,19 +65,9 @@ from bench.load import (
     _ramped,
 )
 
-POSTGRES_ADMIN_URL = 'postgresql+asyncpg://postgres@127.0.0.1:5432/postgres'
 REDIS_URL = 'redis://127.0.0.1:6379/0'
 CLUSTER = ROOT / 'deploy' / 'cluster'
 READY_TIMEOUT = 180.0
-
-
-async def _admin(statement: str) -> None:
-    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level='AUTOCOMMIT')
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 def _free_port_run(count: int) -> int:
@@ -222,7 +213,7 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
     secret = secrets.token_urlsafe(32)
     state_dir = RESULTS / 'work' / f'cluster-{instances}-{tag}'
     redis_client = redis.from_url(REDIS_URL)
-    await _admin(f'CREATE DATABASE "{database}"')
+    await postgres_admin(f'CREATE DATABASE "{database}"')
     cluster = Cluster(instances, state_dir, database_url, prefix, secret)
     result: dict = {
         'instances': instances,
@@ -325,7 +316,7 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
         if keys:
             await redis_client.delete(*keys)
         await redis_client.aclose()
-        await _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     ack, cross = result.get('send_to_ack_ms', {}), result.get('cross_instance_delivery_ms', {})
     log(
         f'cluster {instances} x {clients}: p50 {ack.get("median")} p99 {ack.get("p99")} ms; cross-instance p50 '

@@ -168,6 +168,24 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+# ----- PostgreSQL ------------------------------------------------------------------------------------------
+
+POSTGRES_ADMIN_URL = 'postgresql+asyncpg://postgres@127.0.0.1:5432/postgres'
+
+
+async def postgres_admin(statement: str) -> None:
+    """One statement outside a transaction as the local superuser (CREATE / DROP DATABASE)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level='AUTOCOMMIT')
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
 # ----- servers ---------------------------------------------------------------------------------------------
 
 

@@ -74,11 +74,11 @@ class Database:
             self._threaded = sessionmaker(threaded, expire_on_commit=False)
             self._executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix='casebook-db')
         elif self.engine.dialect.name == 'postgresql':
-            # The same on PostgreSQL, with psycopg: a send takes the audit chain's row lock (audit_head) until
-            # it commits. Through the async driver every statement waits for a turn of the event loop, so under
-            # load the lock was held across busy loop turns and every other writer queued behind it (measured:
-            # bench/cluster_load.py, 500 tabs, p99 3.5 s on one instance). In a thread the statements of the unit
-            # follow each other directly; the lock lasts a few round trips and the commit.
+            # The same on PostgreSQL, with psycopg: through the async driver every statement of a send waited for
+            # a turn of the event loop, so under load the audit chain's row lock (audit_head, held until the
+            # commit) was held across busy loop turns and every other writer queued behind it (bench/
+            # cluster_load.py, 500 tabs: p99 3.5 s on one instance). In a thread the statements follow each other
+            # directly, and the chain is appended in one statement (migration 0005); see docs/scaling.md.
             threads = pool_size or DB_THREADS
             self._threaded_engine = threaded = create_engine(
                 make_url(url).set(drivername='postgresql+psycopg'),
