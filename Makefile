@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install install-test run test test-fast lint format browser nginx clean
+.PHONY: install install-test run test test-fast lint format browser nginx axe clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,18 @@ nginx:
 		exit $$STATUS; \
 	fi
 
+# axe-core for the accessibility tests, from the npm registry, at the version pinned in the lock file.
+AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
+axe: $(AXE)
+$(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo 'Installing npm for axe-core (apt-get)'; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; \
+	fi
+	cd tests/browser/axe && npm ci --no-audit --no-fund --silent
+	touch $@
+
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -60,7 +72,7 @@ format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install-test browser nginx lint
+test: install-test browser nginx axe lint
 	$(BIN)/python -m pytest
 
 # Everything but the real-browser tests: for a quick run while working.

@@ -58,6 +58,9 @@ def build(settings: Settings) -> None:
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     guard_socket_events()
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
+    # Quasar's loading bar would show on every request the page makes, as a progress bar without a name
+    # (axe: serious); a chat's requests are short, and the page says itself what it is waiting for
+    app.config.quasar_config['loadingBar'] = {**app.config.quasar_config.get('loadingBar', {}), 'skipHijack': True}
     auth.register()
     accounts.register()
     downloads.register()

@@ -73,20 +73,25 @@ class AdminPage:
             ui.separator()
             heading('Audit log', level=2, classes='text-lg font-semibold')
             self._audit_filters()
-            self.audit_table = ui.table(
-                columns=[
-                    {'name': 'seq', 'label': '#', 'field': 'seq', 'align': 'right'},
-                    {'name': 'at', 'label': 'Time', 'field': 'at', 'align': 'left'},
-                    {'name': 'action', 'label': 'Action', 'field': 'action', 'align': 'left'},
-                    {'name': 'actor', 'label': 'Who', 'field': 'actor', 'align': 'left'},
-                    {'name': 'patient', 'label': 'Patient', 'field': 'patient', 'align': 'left'},
-                    {'name': 'address', 'label': 'Address', 'field': 'address', 'align': 'left'},
-                    {'name': 'detail', 'label': 'Detail', 'field': 'detail', 'align': 'left'},
-                ],
-                rows=[],
-                row_key='seq',
-                pagination=0,
-            ).classes('w-full')
+            # the table scrolls sideways on a narrow screen inside a region the keyboard can reach and scroll
+            ui.add_css('.casebook-scroll-region .q-table__middle { overflow: visible; }')
+            region = ui.element('div').classes('casebook-scroll-region w-full overflow-x-auto')
+            region.props('tabindex=0 role=region aria-label="Audit log entries"')
+            with region:
+                self.audit_table = ui.table(
+                    columns=[
+                        {'name': 'seq', 'label': '#', 'field': 'seq', 'align': 'right'},
+                        {'name': 'at', 'label': 'Time', 'field': 'at', 'align': 'left'},
+                        {'name': 'action', 'label': 'Action', 'field': 'action', 'align': 'left'},
+                        {'name': 'actor', 'label': 'Who', 'field': 'actor', 'align': 'left'},
+                        {'name': 'patient', 'label': 'Patient', 'field': 'patient', 'align': 'left'},
+                        {'name': 'address', 'label': 'Address', 'field': 'address', 'align': 'left'},
+                        {'name': 'detail', 'label': 'Detail', 'field': 'detail', 'align': 'left'},
+                    ],
+                    rows=[],
+                    row_key='seq',
+                    pagination=0,
+                ).classes('w-full')
             with ui.row().classes('gap-2'):
                 self.older = ui.button('Older entries', on_click=self._older).props('flat no-caps')
         await self._show_clinicians()

@@ -94,7 +94,7 @@ class Workspace:
         ui.add_body_html(SCROLL_JS)
         with ui.left_drawer(bordered=True).props('width=260').classes('gap-1') as drawer:
             heading('Recent patients', level=2, classes='text-base font-semibold')
-            self.recent_list = ui.column().classes('w-full gap-1')
+            self.recent_list = ui.list().classes('w-full gap-1').props('aria-label="Recent patients"')
         with ui.header(elevated=True).classes('items-center gap-x-4 gap-y-2 flex-wrap px-4 py-2'):
             ui.button(icon='menu', on_click=drawer.toggle).props('flat round color=white aria-label="Recent patients"')
             heading('Casebook', classes='text-xl font-semibold')

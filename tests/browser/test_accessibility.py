@@ -1,0 +1,83 @@
+"""axe-core on every page, at a desktop, a tablet and a phone width: no serious or critical violations.
+
+axe-core comes from the npm registry (`make axe` installs the version pinned in tests/browser/axe/package.json)
+and is injected into the real page served by `casebook serve`, after the page has drawn what it shows. The
+pages: the first-run page, login, the workspace with a patient open and messages in it, and the admin page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.browser_support import Visitor, expect
+
+AXE = Path(__file__).parent / 'axe' / 'node_modules' / 'axe-core' / 'axe.min.js'
+WIDTHS = {'desktop': (1280, 800), 'tablet': (768, 1024), 'phone': (390, 844)}
+BLOCKING = ('serious', 'critical')
+
+
+@pytest.fixture(autouse=True)
+def _axe_installed() -> None:
+    if not AXE.exists():
+        pytest.fail(f'{AXE} is missing: run `make axe` (npm installs the pinned axe-core)', pytrace=False)
+
+
+def violations(visitor: Visitor) -> list[str]:
+    """axe's serious and critical findings on the page as it is now, one readable line per element."""
+    page = visitor.page
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        """async () => {
+            const r = await axe.run(document, {resultTypes: ['violations']});
+            return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                           nodes: v.nodes.map(n => [n.target.join(' '), n.failureSummary])}));
+        }"""
+    )
+    found = []
+    for violation in result:
+        if violation['impact'] in BLOCKING:
+            for target, summary in violation['nodes']:
+                found.append(f'{violation["impact"]} {violation["id"]} ({violation["help"]}) at {target}: {summary}')
+    return found
+
+
+def at_width(visitor: Visitor, width: str) -> None:
+    w, h = WIDTHS[width]
+    visitor.page.set_viewport_size({'width': w, 'height': h})
+    visitor.page.wait_for_timeout(300)  # Quasar lays the page out again (drawer, header wrap)
+
+
+def check(visitor: Visitor, name: str) -> dict[str, list[str]]:
+    found = {}
+    for width in WIDTHS:
+        at_width(visitor, width)
+        problems = violations(visitor)
+        if problems:
+            found[f'{name} at {width}'] = problems
+    return found
+
+
+def test_every_page_at_every_width_has_no_serious_violations(new_visitor, add_clinician) -> None:
+    found: dict[str, list[str]] = {}
+    first = new_visitor()
+    first.goto('/')
+    expect(first.page.get_by_role('button', name='Create account')).to_be_visible()
+    found |= check(first, 'first-run page')
+    first.create_first_account('ada', 'Dr. Ada Lovelace')
+    first.open_patient('PAT123', 'Dr. Ada Lovelace')
+    found |= check(first, 'workspace, empty conversation')
+    first.send('Mild fever for 3 days, 38.4 °C this morning.')
+    first.send('Paracetamol 1 g given at 09:10.')
+    found |= check(first, 'workspace')
+    first.goto('/admin')
+    expect(first.page.get_by_role('heading', level=1)).to_be_visible()
+    found |= check(first, 'admin page')
+    add_clinician('grace', 'Nurse Grace Hopper')
+    other = new_visitor()
+    other.goto('/login')
+    expect(other.page.get_by_role('button', name='Log in')).to_be_visible()
+    found |= check(other, 'login page')
+    assert not found, json.dumps(found, indent=1, ensure_ascii=False)
