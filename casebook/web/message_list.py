@@ -43,26 +43,6 @@ window.addEventListener('scroll', () => {
 """
 
 
-MESSAGE_CSS = """
-.casebook-text { white-space: pre-wrap; overflow-wrap: anywhere; }
-.casebook-message { width: 100%; border-radius: 0.5rem; background: #eff6ff; padding: 0.5rem 0.75rem; }
-.casebook-message-head { display: flex; flex-wrap: wrap; align-items: center; column-gap: 0.5rem; }
-.casebook-message-sender { font-weight: 600; }
-.casebook-message-author { font-size: 0.875rem; color: #374151; }
-.casebook-message-stamp { font-size: 0.75rem; color: #374151; }
-.casebook-message-status {
-  font-size: 0.75rem; font-weight: 600; text-transform: uppercase; letter-spacing: 0.025em; color: #78350f;
-}
-.casebook-message-actions {
-  margin-left: auto; min-width: 2rem; min-height: 2rem; border-radius: 9999px; color: #374151;
-  font-size: 1.25rem; line-height: 1; cursor: pointer;
-}
-.casebook-message-actions:hover { background: rgba(0, 0, 0, 0.06); }
-.casebook-message-actions:focus-visible { outline: 2px solid #1d4ed8; outline-offset: 2px; }
-.casebook-struck { text-decoration: line-through; color: #374151; }
-"""
-
-
 class MessageCard(ui.element, component='message_card.js'):
     """One message on screen, one element: only its status and strike-through ever change."""
 
@@ -119,7 +99,6 @@ class MessageList:
         self.has_newer = False  # newer messages were dropped from the window
         self.latest_known_id = 0  # the newest message id this tab has heard of, shown or not
         self.generation = 0  # bumped by reset: a page fetched before it no longer fits
-        ui.add_css(MESSAGE_CSS)
         ui.on('casebook_actions', self._actions_clicked)
         with ui.column().classes('w-full items-center gap-1'):
             self.spinner = ui.spinner(size='md').props('aria-label="Loading earlier messages"')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from pathlib import Path
 
 from nicegui import app, ui
 
@@ -48,6 +49,9 @@ def guard_socket_events() -> None:
     engine.sio.on('javascript_response', guarded(engine._on_javascript_response))
 
 
+STYLESHEET = Path(__file__).parent / 'casebook.css'
+
+
 def build(settings: Settings) -> None:
     """Register everything on NiceGUI's app; callable again in tests (pages are registered anew)."""
     settings.prepare_data_dir()
@@ -61,6 +65,7 @@ def build(settings: Settings) -> None:
     # Quasar's loading bar would show on every request the page makes, as a progress bar without a name
     # (axe: serious); a chat's requests are short, and the page says itself what it is waiting for
     app.config.quasar_config['loadingBar'] = {**app.config.quasar_config.get('loadingBar', {}), 'skipHijack': True}
+    ui.add_css(STYLESHEET, shared=True)
     auth.register()
     accounts.register()
     downloads.register()

@@ -74,7 +74,6 @@ class AdminPage:
             heading('Audit log', level=2, classes='text-lg font-semibold')
             self._audit_filters()
             # the table scrolls sideways on a narrow screen inside a region the keyboard can reach and scroll
-            ui.add_css('.casebook-scroll-region .q-table__middle { overflow: visible; }')
             region = ui.element('div').classes('casebook-scroll-region w-full overflow-x-auto')
             region.props('tabindex=0 role=region aria-label="Audit log entries"')
             with region:

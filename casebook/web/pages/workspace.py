@@ -30,6 +30,21 @@ from casebook.web.safeguards import IdleWatch, password_form, show_sessions
 
 log = logging.getLogger(__name__)
 
+# Alt+P (or "/" when not typing) puts the cursor in the patient box, from anywhere on the page
+SHORTCUT_JS = """
+<script>
+document.addEventListener('keydown', (event) => {
+  const typing = ['INPUT', 'TEXTAREA'].includes(document.activeElement?.tagName);
+  const altP = event.altKey && !event.ctrlKey && !event.metaKey && event.code === 'KeyP';
+  if (!altP && !(event.key === '/' && !typing && !event.ctrlKey && !event.metaKey && !event.altKey)) return;
+  const box = document.querySelector('input[aria-label="Patient ID"]');
+  if (!box) return;
+  event.preventDefault();
+  box.focus();
+  box.select();
+});
+</script>
+"""
 NOT_SAVED = 'Not saved: the database could not be reached. Your text is still in the box; press Send to try again.'
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 DRAFT_DELAY = 1.0  # seconds after the last keystroke before a draft is written
@@ -91,7 +106,7 @@ class Workspace:
             if other.book.same_browser(self.book):
                 other._flush_draft()
         OPEN_TABS.add(self)
-        ui.add_body_html(SCROLL_JS)
+        ui.add_body_html(SCROLL_JS + SHORTCUT_JS)
         with ui.left_drawer(bordered=True).props('width=260').classes('gap-1') as drawer:
             heading('Recent patients', level=2, classes='text-base font-semibold')
             self.recent_list = ui.list().classes('w-full gap-1').props('aria-label="Recent patients"')
@@ -109,7 +124,9 @@ class Workspace:
             ui.button('Log out', on_click=self.log_out).props('outline color=white')
             with ui.row().classes('w-full items-start gap-2 no-wrap'):
                 self.patient_input = (
-                    ui.input('Patient ID').props('dark dense outlined maxlength=200').classes('grow max-w-md')
+                    ui.input('Patient ID')
+                    .props('dark dense outlined maxlength=200 aria-keyshortcuts=Alt+P title="Patient ID (Alt+P)"')
+                    .classes('grow max-w-md')
                 )
                 self.patient_input.on('keydown.enter', self.open_patient)
                 ui.button('Open patient', on_click=self.open_patient).props('color=white text-color=primary')
@@ -544,7 +561,7 @@ class Workspace:
                 current = self.conversation is not None and item.id == self.conversation.id
                 with (
                     ui.item(on_click=lambda pid=item.patient_id: self._switch(pid))
-                    .classes('w-full rounded' + (' bg-blue-100' if current else ''))
+                    .classes('w-full rounded' + (' casebook-current' if current else ''))
                     .props('clickable' + (' aria-current=true' if current else ''))
                     .mark(f'recent-patient-{item.patient_id}')
                 ):

@@ -1,0 +1,110 @@
+"""The workspace at a desktop, a tablet and a phone width: nothing scrolls sideways, the composer is on screen
+without scrolling, every control is big enough for a finger, and everything can be done from the keyboard."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.test_accessibility import WIDTHS, at_width
+from tests.browser_support import Visitor, expect
+
+MIN_TARGET_PX = 44
+LONG_NOTE = 'Reviewed on the ward round: ' + 'observations stable, ' * 30 + 'plan unchanged.'
+UNBROKEN = 'x' * 300  # a pasted identifier or URL with no place to wrap
+
+
+def overflow(visitor: Visitor) -> dict:
+    """How far the page is wider than the window, and the widest elements that stick out on the right."""
+    return visitor.page.evaluate(
+        """() => {
+            const width = document.documentElement.clientWidth;
+            const out = [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > width + 1 && e.getClientRects().length)
+                .filter(e => !e.closest('.q-drawer--left.q-layout--prevent-focus, [aria-hidden=true]'))
+                .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
+            return {scroll: document.documentElement.scrollWidth - width, out};
+        }"""
+    )
+
+
+def small_targets(visitor: Visitor) -> list[str]:
+    """Visible buttons, links, inputs and list items smaller than 44 x 44 CSS pixels."""
+    return visitor.page.evaluate(
+        """(min) => [...document.querySelectorAll('button, a[href], input, textarea, [role=button], .q-item--clickable')]
+            .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
+            .map(e => [e, (e.closest('.q-field') || e).getBoundingClientRect()])
+            .filter(([e, r]) => r.width > 0 && r.right > 0 && r.left < document.documentElement.clientWidth)
+            .filter(([e, r]) => r.width < min - 0.5 || r.height < min - 0.5)
+            .map(([e, r]) => `${e.tagName} "${(e.getAttribute('aria-label') || e.innerText || e.value || '').trim().slice(0, 30)}" ${Math.round(r.width)}x${Math.round(r.height)}`)""",
+        MIN_TARGET_PX,
+    )
+
+
+def composer_on_screen(visitor: Visitor) -> None:
+    height = visitor.page.viewport_size['height']
+    for control in (visitor.composer, visitor.page.get_by_role('button', name='Send')):
+        box = control.bounding_box()
+        assert box is not None and 0 <= box['y'] and box['y'] + box['height'] <= height, box
+
+
+@pytest.mark.parametrize('width', list(WIDTHS))
+def test_the_workspace_fits_every_width(new_visitor, width: str) -> None:
+    ada = new_visitor()
+    at_width(ada, width)
+    ada.create_first_account('ada', 'Dr. Ada Lovelace')
+    ada.open_patient('PAT123', 'Dr. Ada Lovelace')
+    for n in range(12):
+        ada.send(f'Note {n}: {LONG_NOTE}' if n % 3 else f'Note {n}')
+    ada.send(UNBROKEN)
+    ada.page.wait_for_timeout(300)
+    found = overflow(ada)
+    assert found['scroll'] <= 0, found
+    composer_on_screen(ada)
+    small = small_targets(ada)
+    assert not small, '\n'.join(small)
+    ada.page.reload()
+    expect(ada.messages.last).to_contain_text(UNBROKEN[:50])
+    composer_on_screen(ada)
+    ada.assert_clean()
+
+
+def focused_name(visitor: Visitor) -> str:
+    return visitor.page.evaluate(
+        """() => { const e = document.activeElement;
+                   return (e.getAttribute('aria-label') || e.innerText || e.tagName).trim().split('\\n').pop(); }"""
+    ).lower()  # innerText follows CSS text-transform
+
+
+def test_everything_from_the_keyboard(new_visitor) -> None:
+    """Alt+P reaches the patient box, Enter opens the patient; Tab reaches the composer in reading order with a
+    visible focus ring on the way; Enter sends."""
+    ada = new_visitor()
+    ada.create_first_account('ada', 'Dr. Ada Lovelace')
+    ada.page.locator('body').click(position={'x': 5, 'y': 300})  # focus nowhere in particular
+    ada.page.keyboard.press('Alt+p')
+    expect(ada.patient_input).to_be_focused()
+    ada.page.keyboard.type('PAT123')
+    ada.page.keyboard.press('Enter')
+    expect(ada.header).to_have_text('User: Dr. Ada Lovelace | Patient: PAT123')
+    ada.page.keyboard.press('/')  # not typing (the focus left the box): "/" jumps back to it
+    expect(ada.patient_input).to_be_focused()
+    visited = []
+    for _ in range(40):
+        ada.page.keyboard.press('Tab')
+        visited.append(focused_name(ada))
+        ring = ada.page.evaluate(
+            """() => { const e = document.activeElement, s = getComputedStyle(e), field = e.closest('.q-field');
+                       if (field) return field.classList.contains('q-field--focused') ? 'field border' : 'none';
+                       return s.outlineStyle !== 'none' ? 'outline' : s.boxShadow !== 'none' ? 'ring' : 'none'; }"""
+        )  # an input shows focus as Quasar does, by its field's thicker coloured border
+        assert ring != 'none', f'no visible focus on {visited[-1]!r}'
+        if visited[-1] == 'type message here':
+            break
+    assert visited[-1] == 'type message here', visited
+    assert visited.index('open patient') < visited.index('type message here'), visited
+    ada.page.keyboard.type('Sent without a mouse')
+    ada.page.keyboard.press('Enter')
+    expect(ada.message('Sent without a mouse')).to_have_count(1)
+    expect(ada.composer).to_have_value('')
+    expect(ada.composer).to_be_focused()
+    ada.assert_clean()
