@@ -21,7 +21,9 @@ PATIENT = 'patient_id'
 DRAFTS = 'drafts'
 TIMEZONE = 'timezone'
 ENDED = 'ended'
-KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE, ENDED}
+THEME = 'theme'
+KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE, ENDED, THEME}
+THEMES = ('auto', 'dark', 'light')  # auto: as the device is set
 ENDED_REASONS = ('idle', 'expired', 'ended-elsewhere', 'password-changed', 'disabled')
 MAX_DRAFTS = 20  # drafts of this many patients at most; the oldest are dropped first
 TIMEZONE_PATTERN = re.compile(r'[A-Za-z0-9_+\-/]{1,64}')
@@ -44,6 +46,7 @@ class Notebook:
             DRAFTS: lambda v: isinstance(v, dict),
             TIMEZONE: lambda v: isinstance(v, str) and TIMEZONE_PATTERN.fullmatch(v) is not None,
             ENDED: lambda v: v in ENDED_REASONS,
+            THEME: lambda v: v in THEMES,
         }
         for key, valid in checks.items():
             if key in self._storage and not valid(self._storage[key]):
@@ -72,7 +75,7 @@ class Notebook:
         """Sign in under a new storage identifier, keeping what the old one held for the same clinician."""
         self.sign_in(token=token, clinician_id=clinician_id)
         if old._storage.get(CLINICIAN) == clinician_id:
-            for key in (PATIENT, DRAFTS, TIMEZONE):
+            for key in (PATIENT, DRAFTS, TIMEZONE, THEME):
                 if key in old._storage:
                     self._storage[key] = old._storage[key]
 
@@ -103,6 +106,20 @@ class Notebook:
     def timezone(self, value: str) -> None:
         if TIMEZONE_PATTERN.fullmatch(value):
             self._storage[TIMEZONE] = value
+
+    @property
+    def theme(self) -> str:
+        """'auto' (follow the device's light or dark setting), 'dark' or 'light': this clinician's choice."""
+        return self._storage.get(THEME, 'auto')
+
+    @theme.setter
+    def theme(self, value: str) -> None:
+        if value not in THEMES:
+            raise ValueError(f'unknown theme {value!r}')
+        if value == 'auto':
+            self._storage.pop(THEME, None)
+        else:
+            self._storage[THEME] = value
 
     def draft(self, patient_id: str) -> str:
         return self._storage.get(DRAFTS, {}).get(patient_id, {}).get('text', '')

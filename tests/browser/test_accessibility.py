@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import Visitor, expect
+from tests.browser_support import PASSWORD, Visitor, expect
 
 AXE = Path(__file__).parent / 'axe' / 'node_modules' / 'axe-core' / 'axe.min.js'
 WIDTHS = {'desktop': (1280, 800), 'tablet': (768, 1024), 'phone': (390, 844)}
@@ -60,9 +60,13 @@ def check(visitor: Visitor, name: str) -> dict[str, list[str]]:
     return found
 
 
-def test_every_page_at_every_width_has_no_serious_violations(new_visitor, add_clinician) -> None:
+@pytest.mark.parametrize('scheme', ['light', 'dark'])
+def test_every_page_at_every_width_has_no_serious_violations(new_visitor, add_clinician, scheme: str) -> None:
+    """In the device's light and dark setting (which the pages follow until a clinician chooses): axe's colour
+    contrast rule (WCAG AA) among the others."""
     found: dict[str, list[str]] = {}
     first = new_visitor()
+    first.page.emulate_media(color_scheme=scheme)
     first.goto('/')
     expect(first.page.get_by_role('button', name='Create account')).to_be_visible()
     found |= check(first, 'first-run page')
@@ -77,7 +81,37 @@ def test_every_page_at_every_width_has_no_serious_violations(new_visitor, add_cl
     found |= check(first, 'admin page')
     add_clinician('grace', 'Nurse Grace Hopper')
     other = new_visitor()
+    other.page.emulate_media(color_scheme=scheme)
     other.goto('/login')
     expect(other.page.get_by_role('button', name='Log in')).to_be_visible()
     found |= check(other, 'login page')
     assert not found, json.dumps(found, indent=1, ensure_ascii=False)
+    dark = first.page.evaluate("() => document.body.classList.contains('body--dark')")
+    assert dark == (scheme == 'dark')
+
+
+def test_the_theme_switch_is_remembered_for_the_clinician(new_visitor) -> None:
+    ada = new_visitor()
+    ada.page.emulate_media(color_scheme='light')
+    ada.create_first_account('ada', 'Dr. Ada Lovelace')
+    is_dark = "() => document.body.classList.contains('body--dark')"
+    assert ada.page.evaluate(is_dark) is False
+    ada.page.get_by_role('button', name='Theme: as the device (switch to dark)').click()
+    expect(ada.page.get_by_role('button', name='Theme: dark (switch to light)')).to_be_visible()
+    assert ada.page.evaluate(is_dark) is True
+    assert violations(ada) == []
+    ada.page.reload()
+    expect(ada.page.get_by_role('button', name='Theme: dark (switch to light)')).to_be_visible()
+    assert ada.page.evaluate(is_dark) is True
+    ada.page.get_by_role('button', name='Log out').click()
+    expect(ada.page.get_by_role('button', name='Log in')).to_be_visible()
+    assert ada.page.evaluate(is_dark) is True  # the login page of this browser too
+    ada.page.get_by_label('Username').fill('ada')
+    ada.page.get_by_label('Password', exact=True).fill(PASSWORD)
+    ada.page.get_by_role('button', name='Log in').click()
+    ada.page.get_by_role('button', name='Theme: dark (switch to light)').click()
+    ada.page.get_by_role('button', name='Theme: light (switch to as the device)').click()
+    ada.page.emulate_media(color_scheme='dark')
+    expect(ada.page.get_by_role('button', name='Theme: as the device (switch to dark)')).to_be_visible()
+    assert ada.page.evaluate(is_dark) is True  # following the device again
+    ada.assert_clean()

@@ -21,7 +21,8 @@ def overflow(visitor: Visitor) -> dict:
             const out = [...document.querySelectorAll('body *')]
                 .filter(e => e.getBoundingClientRect().right > width + 1 && e.getClientRects().length)
                 .filter(e => !e.closest('.q-drawer--left.q-layout--prevent-focus, [aria-hidden=true]'))
-                .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
+                .slice(0, 5)
+                .map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
             return {scroll: document.documentElement.scrollWidth - width, out};
         }"""
     )
@@ -30,12 +31,16 @@ def overflow(visitor: Visitor) -> dict:
 def small_targets(visitor: Visitor) -> list[str]:
     """Visible buttons, links, inputs and list items smaller than 44 x 44 CSS pixels."""
     return visitor.page.evaluate(
-        """(min) => [...document.querySelectorAll('button, a[href], input, textarea, [role=button], .q-item--clickable')]
+        """(min) => [...document.querySelectorAll(
+                'button, a[href], input, textarea, [role=button], .q-item--clickable')]
             .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
             .map(e => [e, (e.closest('.q-field') || e).getBoundingClientRect()])
             .filter(([e, r]) => r.width > 0 && r.right > 0 && r.left < document.documentElement.clientWidth)
             .filter(([e, r]) => r.width < min - 0.5 || r.height < min - 0.5)
-            .map(([e, r]) => `${e.tagName} "${(e.getAttribute('aria-label') || e.innerText || e.value || '').trim().slice(0, 30)}" ${Math.round(r.width)}x${Math.round(r.height)}`)""",
+            .map(([e, r]) => {
+                const name = (e.getAttribute('aria-label') || e.innerText || e.value || '').trim().slice(0, 30);
+                return `${e.tagName} "${name}" ${Math.round(r.width)}x${Math.round(r.height)}`;
+            })""",
         MIN_TARGET_PX,
     )
 

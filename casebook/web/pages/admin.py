@@ -20,7 +20,7 @@ from casebook.services import accounts, audit, sessions
 from casebook.services.errors import CasebookError
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
-from casebook.web.components import heading
+from casebook.web.components import heading, theme_switch
 
 log = logging.getLogger(__name__)
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
@@ -64,6 +64,7 @@ class AdminPage:
             heading('Casebook admin', classes='text-xl font-semibold')
             ui.label(f'User: {self.signed.clinician.display_name}').classes('text-base')
             ui.space()
+            theme_switch(auth.notebook())
             ui.button('Back to notebook', on_click=lambda: ui.navigate.to('/')).props('flat color=white no-caps')
         with ui.column().classes('w-full max-w-6xl mx-auto gap-6 p-4'):
             heading('Clinicians', level=2, classes='text-lg font-semibold')

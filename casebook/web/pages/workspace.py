@@ -23,7 +23,7 @@ from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
-from casebook.web.components import heading
+from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
 from casebook.web.safeguards import IdleWatch, password_form, show_sessions
@@ -121,6 +121,7 @@ class Workspace:
                 )
             ui.button('Sessions', icon='devices', on_click=self._show_sessions).props('flat color=white no-caps')
             ui.button('Profile', icon='person', on_click=self._edit_profile).props('flat color=white no-caps')
+            theme_switch(self.book)
             ui.button('Log out', on_click=self.log_out).props('outline color=white')
             with ui.row().classes('w-full items-start gap-2 no-wrap'):
                 self.patient_input = (
@@ -556,7 +557,8 @@ class Workspace:
         self.recent_list.clear()
         with self.recent_list:
             if not recent:
-                ui.label('Patients you open appear here.').classes('text-sm text-gray-700')
+                with ui.item():  # a list holds list items, even when it says it is empty
+                    ui.item_label('Patients you open appear here.').classes('text-sm text-gray-700')
             for item in recent:
                 current = self.conversation is not None and item.id == self.conversation.id
                 with (
