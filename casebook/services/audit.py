@@ -14,7 +14,8 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Integer, String, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -171,6 +172,41 @@ async def record_now(session: AsyncSession, entry: Entry) -> None:
     """Append one row on its own and commit it."""
     await record(session, entry)
     await session.commit()
+
+
+ACTIVITY = (MESSAGE_WRITTEN, SIGN_IN, SIGN_IN_FAILED)  # what the admin's chart shows per day
+
+
+async def daily_counts(
+    session: AsyncSession, *, days: int, zone: ZoneInfo, now: datetime | None = None
+) -> list[tuple[date, dict[str, int]]]:
+    """Messages written, sign-ins and failed sign-ins per day for the last `days` days (today included), in
+    `zone`'s days, oldest first; every day is there, with zeros when nothing happened.
+
+    The database counts per hour (in UTC, by the index on `at`), so a day boundary in any time zone with a
+    whole-hour offset falls between two of them; Python adds the hours up into local days.
+    """
+    now = now or utcnow()
+    today = now.astimezone(zone).date()
+    first = today - timedelta(days=days - 1)
+    since = datetime.combine(first, time(), zone).astimezone(UTC)
+    dialect = session.bind.dialect.name if session.bind is not None else 'sqlite'
+    if dialect == 'postgresql':
+        hour = func.to_char(func.timezone('UTC', AuditEvent.at), 'YYYY-MM-DD HH24')
+    else:
+        hour = func.strftime('%Y-%m-%d %H', AuditEvent.at)
+    query = (
+        select(hour, AuditEvent.action, func.count())
+        .where(AuditEvent.at >= since, AuditEvent.action.in_(ACTIVITY))
+        .group_by(hour, AuditEvent.action)
+    )
+    counts = {first + timedelta(days=n): dict.fromkeys(ACTIVITY, 0) for n in range(days)}
+    for hour_text, action, count in await session.execute(query):
+        at = datetime.strptime(hour_text, '%Y-%m-%d %H').replace(tzinfo=UTC)
+        day = at.astimezone(zone).date()
+        if day in counts:
+            counts[day][action] += count
+    return sorted(counts.items())
 
 
 def _to_row(event: AuditEvent) -> Row:

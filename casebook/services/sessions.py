@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -163,6 +163,19 @@ async def list_active(session: AsyncSession, *, clinician_id: int, limits: Limit
         for row in rows
         if limits.idle is None or now - row.last_seen_at <= limits.idle
     ]
+
+
+async def count_signed_in(session: AsyncSession, *, limits: Limits) -> int:
+    """How many clinicians have at least one live session now (signed in, not ended, expired or idle too long)."""
+    now = utcnow()
+    query = (
+        select(func.count(func.distinct(AuthSession.clinician_id)))
+        .join(Clinician, Clinician.id == AuthSession.clinician_id)
+        .where(AuthSession.ended_at.is_(None), AuthSession.created_at > now - limits.max_age, ~Clinician.disabled)
+    )
+    if limits.idle is not None:
+        query = query.where(AuthSession.last_seen_at >= now - limits.idle)
+    return await session.scalar(query) or 0
 
 
 async def end_own(

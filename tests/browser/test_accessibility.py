@@ -1,4 +1,5 @@
-"""axe-core on every page, at a desktop, a tablet and a phone width: no serious or critical violations.
+"""axe-core on every page, at a desktop, a tablet and a phone width: no serious or critical violations, and
+nothing that makes the page scroll sideways.
 
 axe-core comes from the npm registry (`make axe` installs the version pinned in tests/browser/axe/package.json)
 and is injected into the real page served by `casebook serve`, after the page has drawn what it shows. The
@@ -44,6 +45,21 @@ def violations(visitor: Visitor) -> list[str]:
     return found
 
 
+def overflow(visitor: Visitor) -> dict:
+    """How far the page is wider than the window, and the widest elements that stick out on the right."""
+    return visitor.page.evaluate(
+        """() => {
+            const width = document.documentElement.clientWidth;
+            const out = [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > width + 1 && e.getClientRects().length)
+                .filter(e => !e.closest('.q-drawer--left.q-layout--prevent-focus, [aria-hidden=true]'))
+                .slice(0, 5)
+                .map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
+            return {scroll: document.documentElement.scrollWidth - width, out};
+        }"""
+    )
+
+
 def at_width(visitor: Visitor, width: str) -> None:
     w, h = WIDTHS[width]
     visitor.page.set_viewport_size({'width': w, 'height': h})
@@ -55,6 +71,9 @@ def check(visitor: Visitor, name: str) -> dict[str, list[str]]:
     for width in WIDTHS:
         at_width(visitor, width)
         problems = violations(visitor)
+        sideways = overflow(visitor)
+        if sideways['scroll'] > 0:
+            problems.append(f'the page scrolls sideways by {sideways["scroll"]} px: {sideways["out"]}')
         if problems:
             found[f'{name} at {width}'] = problems
     return found

@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_accessibility import WIDTHS, at_width
+from tests.browser.test_accessibility import WIDTHS, at_width, overflow
 from tests.browser_support import Visitor, expect
 
 MIN_TARGET_PX = 44
 LONG_NOTE = 'Reviewed on the ward round: ' + 'observations stable, ' * 30 + 'plan unchanged.'
 UNBROKEN = 'x' * 300  # a pasted identifier or URL with no place to wrap
-
-
-def overflow(visitor: Visitor) -> dict:
-    """How far the page is wider than the window, and the widest elements that stick out on the right."""
-    return visitor.page.evaluate(
-        """() => {
-            const width = document.documentElement.clientWidth;
-            const out = [...document.querySelectorAll('body *')]
-                .filter(e => e.getBoundingClientRect().right > width + 1 && e.getClientRects().length)
-                .filter(e => !e.closest('.q-drawer--left.q-layout--prevent-focus, [aria-hidden=true]'))
-                .slice(0, 5)
-                .map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
-            return {scroll: document.documentElement.scrollWidth - width, out};
-        }"""
-    )
 
 
 def small_targets(visitor: Visitor) -> list[str]:

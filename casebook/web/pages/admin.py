@@ -25,6 +25,7 @@ from casebook.web.components import heading, theme_switch
 log = logging.getLogger(__name__)
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 PAGE = 100
+ACTIVITY_DAYS = 30
 
 
 def register() -> None:
@@ -67,6 +68,8 @@ class AdminPage:
             theme_switch(auth.notebook())
             ui.button('Back to notebook', on_click=lambda: ui.navigate.to('/')).props('flat color=white no-caps')
         with ui.column().classes('w-full max-w-6xl mx-auto gap-6 p-4'):
+            heading('Activity', level=2, classes='text-lg font-semibold')
+            self.activity = ui.column().classes('w-full gap-2')
             heading('Clinicians', level=2, classes='text-lg font-semibold')
             self.notice = ui.label().props('role=status').classes('text-sm')
             self.clinicians = ui.column().classes('w-full gap-2')
@@ -94,6 +97,7 @@ class AdminPage:
                 ).classes('w-full')
             with ui.row().classes('gap-2'):
                 self.older = ui.button('Older entries', on_click=self._older).props('flat no-caps')
+        await self._show_activity()
         await self._show_clinicians()
         await self._show_audit()
 
@@ -113,6 +117,62 @@ class AdminPage:
             return False
         self.signed = signed
         return True
+
+    # ----- activity ----------------------------------------------------------------------------------
+
+    async def _show_activity(self) -> None:
+        """Clinicians signed in now, and a chart of the last 30 days: a spike of failed sign-ins is seen at once."""
+        rt = runtime.current()
+        try:
+            async with rt.database.session() as session:
+                now = await sessions.count_signed_in(session, limits=rt.limits)
+                days = await audit.daily_counts(session, days=ACTIVITY_DAYS, zone=self.zone)
+        except (SQLAlchemyError, OSError):
+            self.notice.set_text(UNREACHABLE)
+            return
+        series = {
+            audit.MESSAGE_WRITTEN: ('Messages written', '#2563eb'),
+            audit.SIGN_IN: ('Sign-ins', '#059669'),
+            audit.SIGN_IN_FAILED: ('Failed sign-ins', '#dc2626'),
+        }
+        totals = {action: sum(counts[action] for _, counts in days) for action in series}
+        worst_day, worst = max(days, key=lambda item: item[1][audit.SIGN_IN_FAILED])
+        summary = (
+            f'Last {ACTIVITY_DAYS} days: {totals[audit.MESSAGE_WRITTEN]} messages written, '
+            f'{totals[audit.SIGN_IN]} sign-ins, {totals[audit.SIGN_IN_FAILED]} failed sign-ins'
+            + (f' (most on {worst_day:%-d %b}: {worst[audit.SIGN_IN_FAILED]})' if worst[audit.SIGN_IN_FAILED] else '')
+            + '.'
+        )
+        self.activity.clear()
+        with self.activity:
+            ui.label(f'Signed in now: {now} clinician{"" if now == 1 else "s"}').classes('text-base font-medium')
+            ui.label(summary).classes('text-sm').mark('activity-summary')
+            muted = '#6b7280'  # readable on the light and the dark page (3:1 and more, as graphics need)
+            ui.echart(
+                {
+                    # what a screen reader hears (ECharts puts it on the chart as its aria-label)
+                    'aria': {'enabled': True, 'label': {'description': summary}},
+                    'animation': False,
+                    'tooltip': {'trigger': 'axis'},
+                    'legend': {'top': 0, 'textStyle': {'color': muted}},
+                    'grid': {'left': 40, 'right': 16, 'top': 40, 'bottom': 30},
+                    'xAxis': {
+                        'type': 'category',
+                        'data': [f'{day:%-d %b}' for day, _ in days],
+                        'axisLabel': {'color': muted},
+                    },
+                    'yAxis': {'type': 'value', 'minInterval': 1, 'axisLabel': {'color': muted}},
+                    'series': [
+                        {
+                            'name': name,
+                            'type': 'line' if action == audit.MESSAGE_WRITTEN else 'bar',
+                            'data': [counts[action] for _, counts in days],
+                            'itemStyle': {'color': colour},
+                        }
+                        for action, (name, colour) in series.items()
+                    ],
+                }
+            ).classes('w-full h-64').props(f'role=img aria-label="{summary}"')
 
     # ----- clinicians ---------------------------------------------------------------------------------
 
