@@ -16,9 +16,10 @@ export default {
     struck: Boolean,
     text: String,
     messageId: Number,
+    day: String, // set on the first message of a day on screen: the date divider drawn above it
   },
   render() {
-    return h("div", { role: "article", class: "casebook-message" }, [
+    const article = h("div", { role: "article", class: "casebook-message" }, [
       h("div", { class: "casebook-message-head" }, [
         h("span", { class: "casebook-message-sender" }, this.sender),
         h("span", { class: "casebook-message-author" }, this.author),
@@ -40,5 +41,7 @@ export default {
       ]),
       h("div", { class: this.struck ? "casebook-text casebook-struck" : "casebook-text" }, this.text),
     ]);
+    if (!this.day) return h("div", { class: "casebook-message-wrap" }, [article]);
+    return h("div", { class: "casebook-message-wrap" }, [h("h3", { class: "casebook-day" }, this.day), article]);
   },
 };

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from nicegui import ui
@@ -84,8 +84,15 @@ class MessageCard(ui.element, component='message_card.js'):
         self._props['status'] = ' · '.join(notes)
         self._props['struck'] = message.entered_in_error
 
+    def set_day(self, day: str) -> None:
+        """The date divider above this message ('' for none); sent to the browser only when it changes."""
+        if self._props.get('day', '') != day:
+            self._props['day'] = day
+            self.update()
+
     def _displayed_contents(self, *, only_visible: bool) -> list:
-        return [self.message.text, self._props['sender'], self._props['author'], self._props['stamp'], self.status]
+        shown = [self.message.text, self._props['sender'], self._props['author'], self._props['stamp'], self.status]
+        return [self._props['day'], *shown] if self._props.get('day') else shown
 
 
 class MessageList:
@@ -132,6 +139,7 @@ class MessageList:
         self.has_newer = False
         self.latest_known_id = max(self.latest_known_id, self.newest_id or 0)
         self._show_ends()
+        self._mark_days()
 
     def append(self, message: MessageInfo) -> bool:
         """Add a newer message at the end; False when it is shown already or the newest are not in view."""
@@ -146,6 +154,7 @@ class MessageList:
         if later:  # delivered out of order (another tab's send overtook this one's): keep id order on screen
             view.move(self.column, target_index=len(self.views) - 1 - len(later))
         self._trim(keep='newest')
+        self._mark_days()
         return True
 
     def prepend(self, older: list[MessageInfo]) -> None:
@@ -155,6 +164,7 @@ class MessageList:
         self.at_beginning = len(older) < PAGE_SIZE
         self._trim(keep='oldest')
         self._show_ends()
+        self._mark_days()
 
     def extend(self, newer: list[MessageInfo]) -> None:
         """Add the page after the newest shown (after scrolling back down); drops the oldest beyond the window."""
@@ -164,6 +174,7 @@ class MessageList:
         self.has_newer = len(newer) == PAGE_SIZE or (self.newest_id or 0) < self.latest_known_id
         self._trim(keep='newest')
         self._show_ends()
+        self._mark_days()
 
     def update(self, message: MessageInfo) -> None:
         if (view := self.views.get(message.id)) is not None:
@@ -173,6 +184,7 @@ class MessageList:
         self.zone = zone
         for view in self.views.values():
             view.set_stamp(self.format(view.message.sent_at))
+        self._mark_days()
 
     def format(self, moment: datetime) -> str:
         return moment.astimezone(self.zone).strftime('%Y-%m-%d %H:%M')
@@ -193,6 +205,24 @@ class MessageList:
             view = MessageCard(message, self.format(message.sent_at))
         self.views[message.id] = view
         return view
+
+    def _mark_days(self) -> None:
+        """A date divider above the first shown message of each day (the clinician's days); a send on the same
+        day as the one before changes nothing, so only a new day's first message is sent to the browser."""
+        previous = None
+        for message_id in sorted(self.views):
+            view = self.views[message_id]
+            day = view.message.sent_at.astimezone(self.zone).date()
+            view.set_day('' if day == previous else self.day_label(day))
+            previous = day
+
+    def day_label(self, day: date) -> str:
+        today = datetime.now(self.zone).date()
+        if day == today:
+            return f'Today, {day:%-d %B %Y}'
+        if day == today - timedelta(days=1):
+            return f'Yesterday, {day:%-d %B %Y}'
+        return f'{day:%A}, {day:%-d %B %Y}'
 
     def _trim(self, *, keep: str) -> None:
         excess = len(self.views) - MAX_SHOWN
