@@ -4,6 +4,8 @@ written (the clinician's own days), with sender, author and local time on each."
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -71,3 +73,37 @@ def test_an_empty_conversation_says_so_and_days_are_marked(browser, server, add_
         expect(page.get_by_role('article').last).to_contain_text('Dr. Ada Lovelace')
     finally:
         context.close()
+
+
+def test_a_slow_send_shows_it_is_on_its_way_and_a_failed_one_offers_retry(new_visitor, server) -> None:
+    ada = new_visitor()
+    ada.create_first_account('ada', 'Dr. Ada Lovelace')
+    ada.open_patient('PAT123', 'Dr. Ada Lovelace')
+    ada.send('saved before')
+    status = ada.page.get_by_role('status').filter(has_text=re.compile(r'Sending|Not saved'))
+    retry = ada.page.get_by_role('button', name='Retry')
+    expect(retry).to_be_hidden()
+    blocker = sqlite3.connect(server.data_dir / 'casebook.sqlite3', timeout=0)
+    blocker.execute('BEGIN EXCLUSIVE')  # another process holds the write lock past the 5 s busy timeout
+    try:
+        ada.composer.fill('written while the database is busy')
+        ada.page.get_by_role('button', name='Send').click()
+        expect(status).to_have_text('Sending…', timeout=3000)
+        expect(status).to_have_text(
+            'Not saved: the database could not be reached. Your message is still in the box.', timeout=20000
+        )
+        expect(retry).to_be_visible()
+        expect(ada.composer).to_have_value('written while the database is busy')
+        expect(ada.messages).to_have_count(1)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    retry.click()
+    expect(ada.message('written while the database is busy')).to_have_count(1)
+    expect(retry).to_be_hidden()
+    expect(status).to_have_count(0)
+    expect(ada.composer).to_have_value('')
+    ada.page.reload()
+    expect(ada.messages).to_have_count(2)  # stored once
+    ada.forget_console_errors()
+    assert not ada.page_errors

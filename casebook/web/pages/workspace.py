@@ -46,6 +46,8 @@ document.addEventListener('keydown', (event) => {
 </script>
 """
 NOT_SAVED = 'Not saved: the database could not be reached. Your text is still in the box; press Send to try again.'
+NOT_SAVED_SHORT = 'Not saved: the database could not be reached. Your message is still in the box.'
+SENDING_AFTER = 0.3  # seconds: a send that takes longer than this shows that it is on its way
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 DRAFT_DELAY = 1.0  # seconds after the last keystroke before a draft is written
 TIMEZONE_JS = 'Intl.DateTimeFormat().resolvedOptions().timeZone'
@@ -90,6 +92,7 @@ class Workspace:
         self.unsubscribe = lambda: None
         self.loading = False
         self.send_id = Notebook.new_send_id()  # the id the composer's text is sent with, kept across retries
+        self.unsaved = False  # the last send could not reach the database
         self.pending_draft: tuple[str, str, str] | None = None  # (patient, text, send id) not yet written
         self.draft_timer: asyncio.TimerHandle | None = None
 
@@ -151,6 +154,10 @@ class Workspace:
                 self.composer = ui.input('Type message here', value=draft).props('outlined dense').classes('grow')
                 self.composer.on('keydown.enter', self.send)
                 self.send_button = ui.button('Send', on_click=self.send)
+            with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2') as self.send_state:
+                self.send_state_text = ui.label().props('role=status aria-live=polite').classes('text-sm')
+                self.retry_button = ui.button('Retry', icon='refresh', on_click=self.send).props('outline no-caps')
+            self.send_state.set_visibility(False)
         self.composer.on_value_change(self._draft_changed)
         ui.on('casebook_near_top', self._load_older, throttle=0.3)
         ui.on('casebook_near_bottom', self._load_newer, throttle=0.3)
@@ -198,7 +205,14 @@ class Workspace:
             ui.navigate.to('/login')
             return
         send_id = self.send_id  # taken before any await: a double click shares it
-        message = await self._post(conversation, send_id, text)
+        slow = asyncio.get_running_loop().call_later(SENDING_AFTER, self._show_send_state, 'sending')
+        try:
+            message = await self._post(conversation, send_id, text)
+        finally:
+            slow.cancel()
+        if self.client.is_deleted:
+            return
+        self._show_send_state('failed' if self.unsaved else 'idle')
         if message is None:
             return
         if self.send_id == send_id:
@@ -217,6 +231,20 @@ class Workspace:
             return
         if self.composer.value == text:
             self.composer.value = ''
+
+    def _show_send_state(self, state: str) -> None:
+        """Under the composer: nothing while sends are quick; 'Sending…' when one takes a while; when one could
+        not be saved, why, and a Retry (the same send again: it is stored once however often it is retried)."""
+        if state == 'idle' and not self.send_state.visible:
+            return  # the common case: nothing to send to the browser
+        self.send_state.set_visibility(state != 'idle')
+        self.send_state_text.set_text({'sending': 'Sending…', 'failed': NOT_SAVED_SHORT}.get(state, ''))
+        self.send_state_text.classes(replace='text-sm' + (' text-red-800 font-medium' if state == 'failed' else ''))
+        self.retry_button.set_visibility(state == 'failed')
+        if state == 'sending':
+            self.send_button.props('loading')
+        else:
+            self.send_button.props(remove='loading')
 
     async def _export(self, fmt: str) -> None:
         if self.conversation is not None and await self._still_signed_in():
@@ -260,6 +288,7 @@ class Workspace:
             )
             return signed, message
 
+        self.unsaved = False
         try:
             signed, stored = await rt.database.run(store)
             if not self._accept(signed) or stored is None:
@@ -270,6 +299,7 @@ class Workspace:
                 ui.notify(refusal.message, type='negative', multi_line=True)
             return None
         except (SQLAlchemyError, OSError) as error:
+            self.unsaved = True
             log.warning('message not saved: %s', type(error).__name__)  # never the text itself
             if not self.client.is_deleted:
                 ui.notify(NOT_SAVED, type='negative', multi_line=True)
