@@ -18,6 +18,7 @@ from tests.browser_support import PASSWORD, Visitor, expect
 AXE = Path(__file__).parent / 'axe' / 'node_modules' / 'axe-core' / 'axe.min.js'
 WIDTHS = {'desktop': (1280, 800), 'tablet': (768, 1024), 'phone': (390, 844)}
 BLOCKING = ('serious', 'critical')
+MIN_TARGET_PX = 44  # WCAG 2.5.5: what a finger can hit
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +61,23 @@ def overflow(visitor: Visitor) -> dict:
     )
 
 
+def small_targets(visitor: Visitor) -> list[str]:
+    """Visible buttons, links, inputs and list items smaller than 44 x 44 CSS pixels."""
+    return visitor.page.evaluate(
+        """(min) => [...document.querySelectorAll(
+                'button, a[href], input, textarea, [role=button], .q-item--clickable')]
+            .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
+            .map(e => [e, (e.closest('.q-field') || e).getBoundingClientRect()])
+            .filter(([e, r]) => r.width > 0 && r.right > 0 && r.left < document.documentElement.clientWidth)
+            .filter(([e, r]) => r.width < min - 0.5 || r.height < min - 0.5)
+            .map(([e, r]) => {
+                const name = (e.getAttribute('aria-label') || e.innerText || e.value || '').trim().slice(0, 30);
+                return `${e.tagName} "${name}" ${Math.round(r.width)}x${Math.round(r.height)}`;
+            })""",
+        MIN_TARGET_PX,
+    )
+
+
 def at_width(visitor: Visitor, width: str) -> None:
     w, h = WIDTHS[width]
     visitor.page.set_viewport_size({'width': w, 'height': h})
@@ -74,6 +92,7 @@ def check(visitor: Visitor, name: str) -> dict[str, list[str]]:
         sideways = overflow(visitor)
         if sideways['scroll'] > 0:
             problems.append(f'the page scrolls sideways by {sideways["scroll"]} px: {sideways["out"]}')
+        problems += [f'smaller than {MIN_TARGET_PX} px: {target}' for target in small_targets(visitor)]
         if problems:
             found[f'{name} at {width}'] = problems
     return found

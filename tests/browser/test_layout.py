@@ -5,29 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_accessibility import WIDTHS, at_width, overflow
+from tests.browser.test_accessibility import WIDTHS, at_width, overflow, small_targets
 from tests.browser_support import Visitor, expect
 
-MIN_TARGET_PX = 44
 LONG_NOTE = 'Reviewed on the ward round: ' + 'observations stable, ' * 30 + 'plan unchanged.'
 UNBROKEN = 'x' * 300  # a pasted identifier or URL with no place to wrap
-
-
-def small_targets(visitor: Visitor) -> list[str]:
-    """Visible buttons, links, inputs and list items smaller than 44 x 44 CSS pixels."""
-    return visitor.page.evaluate(
-        """(min) => [...document.querySelectorAll(
-                'button, a[href], input, textarea, [role=button], .q-item--clickable')]
-            .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
-            .map(e => [e, (e.closest('.q-field') || e).getBoundingClientRect()])
-            .filter(([e, r]) => r.width > 0 && r.right > 0 && r.left < document.documentElement.clientWidth)
-            .filter(([e, r]) => r.width < min - 0.5 || r.height < min - 0.5)
-            .map(([e, r]) => {
-                const name = (e.getAttribute('aria-label') || e.innerText || e.value || '').trim().slice(0, 30);
-                return `${e.tagName} "${name}" ${Math.round(r.width)}x${Math.round(r.height)}`;
-            })""",
-        MIN_TARGET_PX,
-    )
 
 
 def composer_on_screen(visitor: Visitor) -> None:
