@@ -1,7 +1,8 @@
 """Take the README's screenshots from the running app: `.venv/bin/python scripts/screenshot.py`.
 
 Starts Casebook on a throwaway data dir and a free port, walks the main journey in headless Chromium
-(Debian's /usr/bin/chromium) and writes docs/workspace.png (desktop) and docs/workspace-phone.png.
+(Debian's /usr/bin/chromium) and writes docs/workspace.png (desktop), docs/workspace-phone.png (a phone set to
+dark mode) and docs/admin.png (the admin's activity chart, after a few failed sign-ins).
 """
 
 from __future__ import annotations
@@ -72,17 +73,30 @@ def main() -> None:
                 page.wait_for_timeout(500)
                 page.screenshot(path=ROOT / 'docs' / 'workspace.png')
                 phone = browser.new_page(
-                    viewport={'width': 390, 'height': 844}, storage_state=page.context.storage_state()
+                    viewport={'width': 390, 'height': 844},
+                    storage_state=page.context.storage_state(),
+                    color_scheme='dark',  # the page follows the device until the clinician chooses
                 )
                 phone.goto(base + '/')
                 phone.get_by_text(NOTES[0]).wait_for()
                 phone.wait_for_timeout(500)
                 phone.screenshot(path=ROOT / 'docs' / 'workspace-phone.png')
+                stranger = browser.new_page(viewport={'width': 1280, 'height': 720})
+                for attempt in range(4):
+                    stranger.goto(base + '/login')
+                    stranger.get_by_label('Username').fill('ada')
+                    stranger.get_by_label('Password').fill(f'guess {attempt}')
+                    stranger.get_by_role('button', name='Log in').click()
+                    stranger.get_by_text('Username or password is incorrect.').wait_for()
+                page.goto(base + '/admin')
+                page.get_by_text('Signed in now:').wait_for()
+                page.wait_for_timeout(800)  # the chart draws itself
+                page.screenshot(path=ROOT / 'docs' / 'admin.png')
                 browser.close()
         finally:
             server.terminate()
             server.wait(timeout=10)
-    print('wrote docs/workspace.png and docs/workspace-phone.png')
+    print('wrote docs/workspace.png, docs/workspace-phone.png and docs/admin.png')
 
 
 if __name__ == '__main__':

@@ -80,3 +80,21 @@ def test_everything_from_the_keyboard(new_visitor) -> None:
     expect(ada.composer).to_have_value('')
     expect(ada.composer).to_be_focused()
     ada.assert_clean()
+
+
+def test_on_a_phone_the_header_actions_are_in_a_menu(new_visitor) -> None:
+    ada = new_visitor()
+    at_width(ada, 'phone')
+    ada.create_first_account('ada', 'Dr. Ada Lovelace')
+    expect(ada.page.get_by_role('button', name='Sessions')).to_be_hidden()
+    ada.page.get_by_role('button', name='More').click()
+    expect(ada.page.get_by_role('menuitem')).to_have_count(3)
+    for name in ('Admin', 'Sessions', 'Profile'):
+        expect(ada.page.get_by_role('menuitem', name=name, exact=True)).to_be_visible()
+    ada.page.get_by_role('menuitem', name='Sessions').click()
+    expect(ada.page.get_by_text('Every browser where you are signed in.', exact=False)).to_be_visible()
+    at_width(ada, 'desktop')
+    ada.page.keyboard.press('Escape')
+    expect(ada.page.get_by_role('button', name='More')).to_be_hidden()
+    expect(ada.page.get_by_role('button', name='Sessions')).to_be_visible()
+    ada.assert_clean()

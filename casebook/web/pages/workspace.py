@@ -118,12 +118,17 @@ class Workspace:
             heading('Casebook', classes='text-xl font-semibold')
             self.header_label = ui.label().classes('text-base').props('data-testid=workspace-header')
             ui.space()
+            actions = [('Sessions', 'devices', self._show_sessions), ('Profile', 'person', self._edit_profile)]
             if self.clinician.is_admin:
-                ui.button('Admin', icon='admin_panel_settings', on_click=lambda: ui.navigate.to('/admin')).props(
-                    'flat color=white no-caps'
-                )
-            ui.button('Sessions', icon='devices', on_click=self._show_sessions).props('flat color=white no-caps')
-            ui.button('Profile', icon='person', on_click=self._edit_profile).props('flat color=white no-caps')
+                actions.insert(0, ('Admin', 'admin_panel_settings', lambda: ui.navigate.to('/admin')))
+            for label, icon, action in actions:  # in the bar from 600 px wide …
+                ui.button(label, icon=icon, on_click=action).props('flat color=white no-caps').classes('gt-xs')
+            with ui.button(icon='more_vert').props('flat round color=white aria-label="More"').classes('xs'):
+                with ui.menu():  # … in a menu on a phone, where the bar has room for one row of buttons
+                    for label, icon, action in actions:
+                        with ui.menu_item(on_click=action).props('role=menuitem'):
+                            ui.icon(icon).classes('mr-3')
+                            ui.label(label)
             theme_switch(self.book)
             ui.button('Log out', on_click=self.log_out).props('outline color=white')
             with ui.row().classes('w-full items-start gap-2 no-wrap'):
@@ -146,7 +151,7 @@ class Workspace:
             self.empty = ui.label().classes('text-gray-700')
             self.list = MessageList(on_actions=self._message_actions, on_older=self._load_older)
             self.list.zone = _zone(self.book.timezone)
-        with ui.footer().classes('bg-white text-black border-t px-4 py-2'):
+        with ui.footer().classes('casebook-footer border-t px-4 py-2'):
             with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2 no-wrap'):
                 # created holding the draft: setting it later would reach the browser only after the socket
                 # connects and overwrite whatever was typed in between
