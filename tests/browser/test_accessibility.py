@@ -118,6 +118,9 @@ def check(visitor: Visitor, name: str) -> dict[str, list[str]]:
             problems.append(f'the page scrolls sideways by {sideways["scroll"]} px: {sideways["out"]}')
         problems += [f'smaller than {MIN_TARGET_PX} px: {target}' for target in small_targets(visitor)]
         problems += unreadable_inputs(visitor)
+        top = visitor.page.get_by_role('heading', level=1).all_inner_texts()
+        if len(top) != 1:
+            problems.append(f'{len(top)} top-level headings (one wanted): {top}')
         if problems:
             found[f'{name} at {width}'] = problems
     return found

@@ -87,6 +87,15 @@ def test_on_a_phone_the_header_actions_are_in_a_menu(new_visitor) -> None:
     at_width(ada, 'phone')
     ada.create_first_account('ada', 'Dr. Ada Lovelace')
     expect(ada.page.get_by_role('button', name='Sessions')).to_be_hidden()
+    ada.open_patient('PAT123', 'Dr. Ada Lovelace')
+    recent = ada.page.get_by_role('list', name='Recent patients')
+    expect(recent).to_be_hidden()  # the drawer is closed on a phone …
+    ada.page.get_by_role('button', name='Recent patients').click()
+    expect(recent.get_by_text('PAT123')).to_be_visible()  # … and slides over the page when asked
+    assert overflow(ada)['scroll'] <= 0
+    ada.page.keyboard.press('Escape')
+    ada.page.mouse.click(380, 400)  # outside the drawer closes it
+    expect(recent).to_be_hidden()
     ada.page.get_by_role('button', name='More').click()
     expect(ada.page.get_by_role('menuitem')).to_have_count(3)
     for name in ('Admin', 'Sessions', 'Profile'):
