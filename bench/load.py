@@ -268,9 +268,15 @@ class Client:
         if not opening.startswith('0'):
             raise Refused(f'engine.io open expected, got {opening[:80]!r}')
         await self.ws.send_str('40')
-        connected = await self.ws.receive_str(timeout=CONNECT_TIMEOUT)
-        if not connected.startswith('40'):
-            raise Refused(f'socket.io connect refused: {connected[:120]!r}')
+        # NiceGUI's connect handler may already send updates (say, the recent list changed while the tab was away)
+        # before socket.io's own "connected" packet: read them as the tab would
+        early: list[str] = []
+        while not (connected := await self.ws.receive_str(timeout=CONNECT_TIMEOUT)).startswith('40'):
+            if not connected.startswith('42'):
+                raise Refused(f'socket.io connect refused: {connected[:120]!r}')
+            early.append(connected)
+        for frame in early:
+            await self._handle(frame)
         self.tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ack_every_3_seconds())]
 
     async def close(self) -> None:
@@ -287,37 +293,39 @@ class Client:
     async def _read(self) -> None:
         assert self.ws is not None
         async for frame in self.ws:
-            if frame.type != aiohttp.WSMsgType.TEXT:
-                continue  # the iterator ends on close and error; websocket pings are answered by aiohttp
-            text = frame.data
-            if text == '2':
-                await self.ws.send_str('3')  # engine.io ping → pong
-                continue
-            if not text.startswith('42'):
-                continue
-            for wanted, future in list(self.waiting.items()):
-                if wanted in text and not future.done():
-                    future.set_result(time.perf_counter())
-            try:
-                event, data = json.loads(text[2:])[:2]
-            except (ValueError, TypeError):
-                continue
-            if isinstance(data, dict) and isinstance(data.get('_id'), int):
-                self.next_message_id = data['_id'] + 1
-            if event == 'run_javascript' and data.get('request_id'):
-                await self.emit(
-                    'javascript_response',
-                    {'request_id': data['request_id'], 'client_id': self.page.client_id, 'result': 'UTC'},
-                )
-            elif event == 'notify' and data.get('type') in ('negative', 'warning'):
-                self.stats.error('notify', str(data.get('message')))
-            elif event == 'open':
-                self.navigations.put_nowait(data.get('path', ''))
+            if frame.type == aiohttp.WSMsgType.TEXT:  # the iterator ends on close and error; aiohttp answers pings
+                await self._handle(frame.data)
         if not self.closed:
             self.stats.error('disconnected', f'{self.account.username}: socket closed by the server')
             for future in self.waiting.values():
                 if not future.done():
                     future.set_exception(Refused('disconnected'))
+
+    async def _handle(self, text: str) -> None:
+        """One engine.io frame from the server."""
+        if text == '2':
+            await self.ws.send_str('3')  # engine.io ping → pong
+            return
+        if not text.startswith('42'):
+            return
+        for wanted, future in list(self.waiting.items()):
+            if wanted in text and not future.done():
+                future.set_result(time.perf_counter())
+        try:
+            event, data = json.loads(text[2:])[:2]
+        except (ValueError, TypeError):
+            return
+        if isinstance(data, dict) and isinstance(data.get('_id'), int):
+            self.next_message_id = data['_id'] + 1
+        if event == 'run_javascript' and data.get('request_id'):
+            await self.emit(
+                'javascript_response',
+                {'request_id': data['request_id'], 'client_id': self.page.client_id, 'result': 'UTC'},
+            )
+        elif event == 'notify' and data.get('type') in ('negative', 'warning'):
+            self.stats.error('notify', str(data.get('message')))
+        elif event == 'open':
+            self.navigations.put_nowait(data.get('path', ''))
 
     async def _ack_every_3_seconds(self) -> None:
         while True:

@@ -82,6 +82,9 @@ def _shared_parts(settings: Settings, database: Database) -> runtime.Runtime:
 
     if Storage.redis_url != settings.redis_url:
         raise RuntimeError('CASEBOOK_REDIS_URL is set but NiceGUI storage is not in Redis: start with `casebook serve`')
+    from casebook.web import shared_storage
+
+    shared_storage.install()  # before the first browser's storage is created
     import redis.asyncio as redis
 
     client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
