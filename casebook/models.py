@@ -191,3 +191,26 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(BigId, default=0)
     hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (CheckConstraint('id = 1', name='single_row'),)
+
+
+class ActivityHour(Base):
+    """How many audit rows of one action one hour (UTC) holds: the admin's 30-day chart reads these instead of
+    counting the trail again on every page load. Derived data, filled by `audit.daily_counts` for hours that
+    are over (the trail is append-only, so a finished hour's count never changes); rebuilt at will."""
+
+    __tablename__ = 'activity_hours'
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the hour's start
+    action: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class ActivityRollup(Base):
+    """Which hours activity_hours holds, in one row: all of [rolled_from, rolled_until), none when null."""
+
+    __tablename__ = 'activity_rollup'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rolled_from: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rolled_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    __table_args__ = (CheckConstraint('id = 1', name='single_row'),)

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, String, bindparam, func, insert, select, update
+from sqlalchemy import Integer, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from casebook.models import AuditEvent, AuditHead, UTCDateTime, storable, utcnow
+from casebook.models import ActivityHour, ActivityRollup, AuditEvent, AuditHead, UTCDateTime, storable, utcnow
 
 GENESIS = '0' * 64
 
@@ -177,36 +177,108 @@ async def record_now(session: AsyncSession, entry: Entry) -> None:
 ACTIVITY = (MESSAGE_WRITTEN, SIGN_IN, SIGN_IN_FAILED)  # what the admin's chart shows per day
 
 
+ROLLUP_MARGIN = timedelta(minutes=10)  # an hour is counted for good this long after it ends (late commits, clocks)
+
+
 async def daily_counts(
     session: AsyncSession, *, days: int, zone: ZoneInfo, now: datetime | None = None
 ) -> list[tuple[date, dict[str, int]]]:
     """Messages written, sign-ins and failed sign-ins per day for the last `days` days (today included), in
     `zone`'s days, oldest first; every day is there, with zeros when nothing happened.
 
-    The database counts per hour (in UTC, by the index on `at`), so a day boundary in any time zone with a
-    whole-hour offset falls between two of them; Python adds the hours up into local days.
+    Counted per hour (UTC), so a day boundary in any time zone with a whole-hour offset falls between two of
+    them. Hours that are over come from activity_hours, which this brings up to date first (a write of its
+    own: it ends the session's transaction); only the last hour or so is counted from the trail itself.
     """
     now = now or utcnow()
     today = now.astimezone(zone).date()
     first = today - timedelta(days=days - 1)
     since = datetime.combine(first, time(), zone).astimezone(UTC)
+    rolled_until = await _roll_up(session, since)
+    counts = {first + timedelta(days=n): dict.fromkeys(ACTIVITY, 0) for n in range(days)}
+
+    def add(hour: datetime, action: str, count: int) -> None:
+        day = hour.astimezone(zone).date()
+        if day in counts:
+            counts[day][action] += count
+
+    if rolled_until is not None and rolled_until > since:
+        stored = select(ActivityHour.hour, ActivityHour.action, ActivityHour.count).where(
+            ActivityHour.hour >= since, ActivityHour.hour < rolled_until, ActivityHour.action.in_(ACTIVITY)
+        )
+        for hour, action, count in await session.execute(stored):
+            add(hour, action, count)
+    for hour, action, count in await _hourly(session, max(since, rolled_until or since), None):
+        add(hour, action, count)
+    return sorted(counts.items())
+
+
+async def _hourly(session: AsyncSession, start: datetime, end: datetime | None) -> list[tuple[datetime, str, int]]:
+    """Audit rows of the chart's actions per UTC hour and action, from `start` (to `end`)."""
     dialect = session.bind.dialect.name if session.bind is not None else 'sqlite'
     if dialect == 'postgresql':
         hour = func.to_char(func.timezone('UTC', AuditEvent.at), 'YYYY-MM-DD HH24')
     else:
         hour = func.strftime('%Y-%m-%d %H', AuditEvent.at)
-    query = (
-        select(hour, AuditEvent.action, func.count())
-        .where(AuditEvent.at >= since, AuditEvent.action.in_(ACTIVITY))
-        .group_by(hour, AuditEvent.action)
+    query = select(hour, AuditEvent.action, func.count()).where(AuditEvent.at >= start, AuditEvent.action.in_(ACTIVITY))
+    if end is not None:
+        query = query.where(AuditEvent.at < end)
+    rows = await session.execute(query.group_by(hour, AuditEvent.action))
+    return [(datetime.strptime(text, '%Y-%m-%d %H').replace(tzinfo=UTC), action, count) for text, action, count in rows]
+
+
+def _hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+async def _roll_up(session: AsyncSession, since: datetime) -> datetime | None:
+    """Make activity_hours hold every finished hour from `since` on; returns the end of what it holds.
+
+    Nothing to do most of the time (one small read). Otherwise, in a transaction of its own that first takes
+    the write lock of the one activity_rollup row (so two instances never roll up at once; the second then
+    finds the work done), the missing hours are counted from the trail and stored.
+    """
+    until = _hour_floor(utcnow() - ROLLUP_MARGIN)  # the real clock: finished hours are finished now
+    start = _hour_floor(since)
+    marker = await session.get(ActivityRollup, 1, populate_existing=True)
+    if marker is None:  # not migrated yet (0006): count everything from the trail
+        return None
+    if _covers(marker, start, until) or start >= until:
+        return marker.rolled_until
+    await session.commit()  # what follows writes: no read snapshot of the caller's in the way (SQLite)
+    await session.execute(update(ActivityRollup).where(ActivityRollup.id == 1).values(id=1))  # the write lock
+    marker = await session.get(ActivityRollup, 1, populate_existing=True)
+    if not _covers(marker, start, until):
+        held_from, held_until = marker.rolled_from, marker.rolled_until
+        if held_from is None or held_until is None or held_until < start or held_from > until:
+            pieces = [(start, until)]  # nothing usable held: start over with the window
+            held_from, held_until = start, until
+        else:
+            pieces = [(start, held_from)] if start < held_from else []
+            if held_until < until:
+                pieces.append((held_until, until))
+            held_from, held_until = min(held_from, start), max(held_until, until)
+        for piece_start, piece_end in pieces:
+            await session.execute(
+                delete(ActivityHour).where(ActivityHour.hour >= piece_start, ActivityHour.hour < piece_end)
+            )
+            counted = await _hourly(session, piece_start, piece_end)
+            if counted:
+                await session.execute(
+                    insert(ActivityHour), [{'hour': h, 'action': a, 'count': c} for h, a, c in counted]
+                )
+        marker.rolled_from, marker.rolled_until = held_from, held_until
+    await session.commit()
+    return marker.rolled_until
+
+
+def _covers(marker: ActivityRollup, start: datetime, until: datetime) -> bool:
+    return (
+        marker.rolled_from is not None
+        and marker.rolled_until is not None
+        and marker.rolled_from <= start
+        and marker.rolled_until >= until
     )
-    counts = {first + timedelta(days=n): dict.fromkeys(ACTIVITY, 0) for n in range(days)}
-    for hour_text, action, count in await session.execute(query):
-        at = datetime.strptime(hour_text, '%Y-%m-%d %H').replace(tzinfo=UTC)
-        day = at.astimezone(zone).date()
-        if day in counts:
-            counts[day][action] += count
-    return sorted(counts.items())
 
 
 def _to_row(event: AuditEvent) -> Row:
