@@ -234,9 +234,10 @@ def _hour_floor(moment: datetime) -> datetime:
 async def _roll_up(session: AsyncSession, since: datetime) -> datetime | None:
     """Make activity_hours hold every finished hour from `since` on; returns the end of what it holds.
 
-    Nothing to do most of the time (one small read). Otherwise, in a transaction of its own that first takes
-    the write lock of the one activity_rollup row (so two instances never roll up at once; the second then
-    finds the work done), the missing hours are counted from the trail and stored.
+    Nothing to do most of the time (one small read). Otherwise the missing hours are counted from the trail
+    first, without holding anything (the first chart after the migration may count a month); then, in a short
+    transaction that takes the write lock of the one activity_rollup row, they are stored, unless another
+    instance did it meanwhile. On SQLite that lock is the database's one writer: held for the inserts only.
     """
     until = _hour_floor(utcnow() - ROLLUP_MARGIN)  # the real clock: finished hours are finished now
     start = _hour_floor(since)
@@ -245,31 +246,38 @@ async def _roll_up(session: AsyncSession, since: datetime) -> datetime | None:
         return None
     if _covers(marker, start, until) or start >= until:
         return marker.rolled_until
-    await session.commit()  # what follows writes: no read snapshot of the caller's in the way (SQLite)
+    seen = (marker.rolled_from, marker.rolled_until)
+    plan = _plan(seen, start, until)
+    counted = [await _hourly(session, piece_start, piece_end) for piece_start, piece_end in plan[0]]
+    await session.commit()  # end the read snapshot before writing (SQLite)
     await session.execute(update(ActivityRollup).where(ActivityRollup.id == 1).values(id=1))  # the write lock
     marker = await session.get(ActivityRollup, 1, populate_existing=True)
     if not _covers(marker, start, until):
-        held_from, held_until = marker.rolled_from, marker.rolled_until
-        if held_from is None or held_until is None or held_until < start or held_from > until:
-            pieces = [(start, until)]  # nothing usable held: start over with the window
-            held_from, held_until = start, until
-        else:
-            pieces = [(start, held_from)] if start < held_from else []
-            if held_until < until:
-                pieces.append((held_until, until))
-            held_from, held_until = min(held_from, start), max(held_until, until)
-        for piece_start, piece_end in pieces:
+        if (marker.rolled_from, marker.rolled_until) != seen:  # another instance was here meanwhile: count again
+            plan = _plan((marker.rolled_from, marker.rolled_until), start, until)
+            counted = [await _hourly(session, piece_start, piece_end) for piece_start, piece_end in plan[0]]
+        pieces, (marker.rolled_from, marker.rolled_until) = plan
+        for (piece_start, piece_end), rows in zip(pieces, counted, strict=True):
             await session.execute(
                 delete(ActivityHour).where(ActivityHour.hour >= piece_start, ActivityHour.hour < piece_end)
             )
-            counted = await _hourly(session, piece_start, piece_end)
-            if counted:
-                await session.execute(
-                    insert(ActivityHour), [{'hour': h, 'action': a, 'count': c} for h, a, c in counted]
-                )
-        marker.rolled_from, marker.rolled_until = held_from, held_until
+            if rows:
+                await session.execute(insert(ActivityHour), [{'hour': h, 'action': a, 'count': c} for h, a, c in rows])
     await session.commit()
     return marker.rolled_until
+
+
+def _plan(
+    held: tuple[datetime | None, datetime | None], start: datetime, until: datetime
+) -> tuple[list[tuple[datetime, datetime]], tuple[datetime, datetime]]:
+    """The hour ranges to count so that [start, until) is held, and the held range afterwards (one range)."""
+    held_from, held_until = held
+    if held_from is None or held_until is None or held_until < start or held_from > until:
+        return [(start, until)], (start, until)  # nothing usable held: start over with the window
+    pieces = [(start, held_from)] if start < held_from else []
+    if held_until < until:
+        pieces.append((held_until, until))
+    return pieces, (min(held_from, start), max(held_until, until))
 
 
 def _covers(marker: ActivityRollup, start: datetime, until: datetime) -> bool:
