@@ -244,25 +244,26 @@ async def _roll_up(session: AsyncSession, since: datetime) -> datetime | None:
     marker = await session.get(ActivityRollup, 1, populate_existing=True)
     if marker is None:  # not migrated yet (0006): count everything from the trail
         return None
-    if _covers(marker, start, until) or start >= until:
+    if start >= until:
         return marker.rolled_until
     seen = (marker.rolled_from, marker.rolled_until)
-    plan = _plan(seen, start, until)
-    counted = [await _hourly(session, piece_start, piece_end) for piece_start, piece_end in plan[0]]
+    pieces, held = _plan(seen, start, until)
+    if not pieces:
+        return marker.rolled_until
+    counted = [await _hourly(session, piece_start, piece_end) for piece_start, piece_end in pieces]
     await session.commit()  # end the read snapshot before writing (SQLite)
     await session.execute(update(ActivityRollup).where(ActivityRollup.id == 1).values(id=1))  # the write lock
     marker = await session.get(ActivityRollup, 1, populate_existing=True)
-    if not _covers(marker, start, until):
-        if (marker.rolled_from, marker.rolled_until) != seen:  # another instance was here meanwhile: count again
-            plan = _plan((marker.rolled_from, marker.rolled_until), start, until)
-            counted = [await _hourly(session, piece_start, piece_end) for piece_start, piece_end in plan[0]]
-        pieces, (marker.rolled_from, marker.rolled_until) = plan
-        for (piece_start, piece_end), rows in zip(pieces, counted, strict=True):
-            await session.execute(
-                delete(ActivityHour).where(ActivityHour.hour >= piece_start, ActivityHour.hour < piece_end)
-            )
-            if rows:
-                await session.execute(insert(ActivityHour), [{'hour': h, 'action': a, 'count': c} for h, a, c in rows])
+    if (marker.rolled_from, marker.rolled_until) != seen:  # another instance was here meanwhile: plan again
+        pieces, held = _plan((marker.rolled_from, marker.rolled_until), start, until)
+        counted = [await _hourly(session, piece_start, piece_end) for piece_start, piece_end in pieces]
+    for (piece_start, piece_end), rows in zip(pieces, counted, strict=True):
+        await session.execute(
+            delete(ActivityHour).where(ActivityHour.hour >= piece_start, ActivityHour.hour < piece_end)
+        )
+        if rows:
+            await session.execute(insert(ActivityHour), [{'hour': h, 'action': a, 'count': c} for h, a, c in rows])
+    marker.rolled_from, marker.rolled_until = held
     await session.commit()
     return marker.rolled_until
 
@@ -270,7 +271,8 @@ async def _roll_up(session: AsyncSession, since: datetime) -> datetime | None:
 def _plan(
     held: tuple[datetime | None, datetime | None], start: datetime, until: datetime
 ) -> tuple[list[tuple[datetime, datetime]], tuple[datetime, datetime]]:
-    """The hour ranges to count so that [start, until) is held, and the held range afterwards (one range)."""
+    """The hour ranges to count so that [start, until) is held (none when it is already), and the held range
+    afterwards (one range)."""
     held_from, held_until = held
     if held_from is None or held_until is None or held_until < start or held_from > until:
         return [(start, until)], (start, until)  # nothing usable held: start over with the window
@@ -278,15 +280,6 @@ def _plan(
     if held_until < until:
         pieces.append((held_until, until))
     return pieces, (min(held_from, start), max(held_until, until))
-
-
-def _covers(marker: ActivityRollup, start: datetime, until: datetime) -> bool:
-    return (
-        marker.rolled_from is not None
-        and marker.rolled_until is not None
-        and marker.rolled_from <= start
-        and marker.rolled_until >= until
-    )
 
 
 def _to_row(event: AuditEvent) -> Row:

@@ -13,7 +13,7 @@ Here each dict tags what it publishes with an origin of its own and ignores mess
 applying another instance's change does not publish it back (that instance wrote it to Redis already).
 What is stored under the key is unchanged (plain JSON), so NiceGUI's own loading reads it as before, and an
 untagged message (NiceGUI's format) is still applied. Installed by `install()` in place of NiceGUI's factory
-(`Storage._create_persistent_dict`, a private hook: tests/cluster checks it is still used).
+(`Storage._create_persistent_dict`, a private hook: tests/redis/test_storage_echo.py checks it is still used).
 """
 
 from __future__ import annotations
@@ -55,16 +55,16 @@ class OwnEchoFreeRedisDict(RedisPersistentDict):
 
         background_tasks.create_lazy_or_defer(backup(), name=f'redis-{self.key}')
 
-    def apply(self, message: bytes | str) -> bool:
-        """Take over what another instance published; False for this dict's own echo (ignored)."""
+    def apply(self, message: bytes | str) -> None:
+        """Take over what another instance published; this dict's own echo is ignored."""
         text = message.decode('utf-8') if isinstance(message, bytes) else message
         if not text.startswith('{'):  # tagged: origin, then the JSON
             if text[:ORIGIN_LENGTH] == self.origin:
-                return False
+                return
             text = text[ORIGIN_LENGTH:]
         data = json.loads(text)
         if data == self:
-            return True
+            return
         self._applying = True
         try:
             for key in set(self) - data.keys():
@@ -72,7 +72,6 @@ class OwnEchoFreeRedisDict(RedisPersistentDict):
             self.update(data)
         finally:
             self._applying = False
-        return True
 
     def _start_listening(self) -> None:
         async def listen() -> None:
