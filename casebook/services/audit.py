@@ -164,6 +164,12 @@ def record_sync(session: Session, entry: Entry) -> None:
     connection.execute(_SET_HEAD, {'new_hash': digest})
 
 
+def record_now_sync(session: Session, entry: Entry) -> None:
+    """Append one row on its own and commit it: a unit of work for `Database.run`."""
+    record_sync(session, entry)
+    session.commit()
+
+
 async def record(session: AsyncSession, entry: Entry) -> None:
     await session.run_sync(record_sync, entry)
 

@@ -350,27 +350,45 @@ def _insert_message(dialect_name: str):
     return _INSERT_MESSAGE['postgresql' if dialect_name == 'postgresql' else 'sqlite']
 
 
-async def mark_entered_in_error(
-    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, message_id: int, address: str = ''
-) -> MessageInfo:
-    """Mark a message as entered in error (kept, shown struck through); marking twice changes nothing."""
-    conversation = await _owned(session, clinician, conversation_id)
-    patient_id = conversation.patient_id
-    message = await session.get(Message, message_id)
+def mark_entered_in_error_sync(
+    session: Session, *, clinician: ClinicianInfo, conversation_id: int, message_id: int, address: str = ''
+) -> None:
+    """One unit of work: mark a message as entered in error (kept, shown struck through), with its audit row;
+    marking twice changes nothing."""
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None or conversation.clinician_id != clinician.id:
+        raise NotFound('No such conversation.')
+    message = session.get(Message, message_id)
     if message is None or message.conversation_id != conversation_id:
         raise NotFound('No such message.')
     if message.author_id != clinician.id:
         raise InvalidInput('Only the author of a message can mark it as entered in error.')
-    exists = await session.scalar(select(EnteredInError.id).where(EnteredInError.message_id == message_id))
-    if exists is None:
-        session.add(EnteredInError(message_id=message_id, marked_by=clinician.id))
-        entry = audit.Entry(
-            audit.ENTERED_IN_ERROR, clinician.id, clinician.username, patient_id, address, f'message {message_id}'
+    if session.scalar(select(EnteredInError.id).where(EnteredInError.message_id == message_id)) is not None:
+        return
+    session.add(EnteredInError(message_id=message_id, marked_by=clinician.id))
+    entry = audit.Entry(
+        audit.ENTERED_IN_ERROR,
+        clinician.id,
+        clinician.username,
+        conversation.patient_id,
+        address,
+        f'message {message_id}',
+    )
+    audit.record_sync(session, entry)
+    try:
+        session.commit()
+    except IntegrityError:  # marked in another tab at the same moment
+        session.rollback()
+
+
+async def mark_entered_in_error(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, message_id: int, address: str = ''
+) -> MessageInfo:
+    """`mark_entered_in_error_sync`, then the message as it is now."""
+    await session.run_sync(
+        lambda sync: mark_entered_in_error_sync(
+            sync, clinician=clinician, conversation_id=conversation_id, message_id=message_id, address=address
         )
-        await audit.record(session, entry)
-        try:
-            await session.commit()
-        except IntegrityError:  # marked in another tab at the same moment
-            await session.rollback()
+    )
     (marked,) = await get_messages(session, clinician=clinician, conversation_id=conversation_id, ids=[message_id])
     return marked

@@ -57,16 +57,34 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def start(
-    session: AsyncSession, *, clinician_id: int, user_agent: str = '', address: str = '', username: str = ''
+def start_sync(
+    session: Session,
+    *,
+    clinician_id: int,
+    user_agent: str = '',
+    address: str = '',
+    username: str = '',
+    new_password_hash: str | None = None,
 ) -> str:
-    """Open a new session for a clinician who has just proven who they are; returns the browser's token."""
+    """One unit of work: a new session for a clinician who has just proven who they are, its audit row, and (when
+    sign-in rehashed the password with today's parameters) the new hash; returns the browser's token."""
     token = secrets.token_urlsafe(32)
     user_agent, address = storable(user_agent[:256]), storable(address[:64])
     session.add(AuthSession(id=_digest(token), clinician_id=clinician_id, user_agent=user_agent, address=address))
-    await audit.record(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address))
-    await session.commit()
+    if new_password_hash is not None:
+        session.execute(update(Clinician).where(Clinician.id == clinician_id).values(password_hash=new_password_hash))
+    audit.record_sync(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address))
+    session.commit()
     return token
+
+
+async def start(
+    session: AsyncSession, *, clinician_id: int, user_agent: str = '', address: str = '', username: str = ''
+) -> str:
+    """`start_sync` on an AsyncSession."""
+    return await session.run_sync(
+        lambda s: start_sync(s, clinician_id=clinician_id, user_agent=user_agent, address=address, username=username)
+    )
 
 
 async def resolve(
@@ -110,9 +128,11 @@ def resolve_sync(
     now = utcnow()
     if now - row.created_at > max_age:
         _end_sync(session, row.id, 'expired')
+        session.commit()
         return None
     if idle is not None and now - row.last_seen_at > idle:
         _end_sync(session, row.id, 'idle')
+        session.commit()
         return None
     last_seen = row.last_seen_at
     interval = TOUCH_INTERVAL if idle is None else min(TOUCH_INTERVAL, idle / 4)
@@ -127,15 +147,17 @@ def resolve_sync(
     return SignedIn(row.id, clinician, row.created_at, last_seen)
 
 
-async def end(session: AsyncSession, token: object, *, reason: str = 'manual', address: str = '') -> str | None:
+def end_sync(session: Session, token: object, *, reason: str = 'manual', address: str = '') -> str | None:
     """End the session this token belongs to, at once, for every tab that uses it; its id, when it was live."""
-    if isinstance(token, str):
-        return await _end(session, _digest(token), reason, address)
-    return None
+    if not isinstance(token, str):
+        return None
+    ended = _end_sync(session, _digest(token), reason, address)
+    session.commit()
+    return ended
 
 
-async def _end(session: AsyncSession, session_id: str, reason: str, address: str = '') -> str | None:
-    return await session.run_sync(_end_sync, session_id, reason, address)
+async def end(session: AsyncSession, token: object, *, reason: str = 'manual', address: str = '') -> str | None:
+    return await session.run_sync(lambda s: end_sync(s, token, reason=reason, address=address))
 
 
 async def end_reason(session: AsyncSession, token: object) -> str | None:
@@ -178,33 +200,50 @@ async def count_signed_in(session: AsyncSession, *, limits: Limits) -> int:
     return await session.scalar(query) or 0
 
 
+def end_own_sync(
+    session: Session, *, clinician_id: int, session_ids: list[str], reason: str, address: str = ''
+) -> frozenset[str]:
+    """End some of this clinician's own sessions (ids of anyone else's are ignored); the ids ended. The caller
+    commits (with whatever else the unit of work does)."""
+    owned = session.scalars(
+        select(AuthSession.id).where(AuthSession.clinician_id == clinician_id, AuthSession.id.in_(session_ids))
+    ).all()
+    return frozenset(session_id for session_id in owned if _end_sync(session, session_id, reason, address))
+
+
+def end_all_sync(
+    session: Session, *, clinician_id: int, reason: str, address: str = '', keep: str | None = None
+) -> frozenset[str]:
+    """End every live session of a clinician (but `keep`); the ids ended. The caller commits."""
+    live = session.scalars(
+        select(AuthSession.id).where(AuthSession.clinician_id == clinician_id, AuthSession.ended_at.is_(None))
+    ).all()
+    ids = [session_id for session_id in live if session_id != keep]
+    return end_own_sync(session, clinician_id=clinician_id, session_ids=ids, reason=reason, address=address)
+
+
 async def end_own(
     session: AsyncSession, *, clinician_id: int, session_ids: list[str], reason: str, address: str = ''
 ) -> frozenset[str]:
-    """End some of this clinician's own sessions (ids of anyone else's are ignored); the ids ended."""
-    owned = await session.scalars(
-        select(AuthSession.id).where(AuthSession.clinician_id == clinician_id, AuthSession.id.in_(session_ids))
+    ended = await session.run_sync(
+        lambda s: end_own_sync(s, clinician_id=clinician_id, session_ids=session_ids, reason=reason, address=address)
     )
-    ended = set()
-    for session_id in list(owned):
-        if await _end(session, session_id, reason, address):
-            ended.add(session_id)
-    return frozenset(ended)
+    await session.commit()
+    return ended
 
 
 async def end_all(
     session: AsyncSession, *, clinician_id: int, reason: str, address: str = '', keep: str | None = None
 ) -> frozenset[str]:
-    """End every live session of a clinician (but `keep`); the ids ended."""
-    live = await session.scalars(
-        select(AuthSession.id).where(AuthSession.clinician_id == clinician_id, AuthSession.ended_at.is_(None))
+    ended = await session.run_sync(
+        lambda s: end_all_sync(s, clinician_id=clinician_id, reason=reason, address=address, keep=keep)
     )
-    ids = [session_id for session_id in live if session_id != keep]
-    return await end_own(session, clinician_id=clinician_id, session_ids=ids, reason=reason, address=address)
+    await session.commit()
+    return ended
 
 
 def _end_sync(session: Session, session_id: str, reason: str, address: str = '') -> str | None:
-    """End one live session, noting it in the audit trail; an ended session stays as it is."""
+    """End one live session, noting it in the audit trail (the caller commits); an ended session stays as it is."""
     ended = session.execute(
         update(AuthSession)
         .where(AuthSession.id == session_id, AuthSession.ended_at.is_(None))
@@ -215,5 +254,4 @@ def _end_sync(session: Session, session_id: str, reason: str, address: str = '')
         username = session.scalar(select(Clinician.username).where(Clinician.id == ended.clinician_id)) or ''
         entry = audit.Entry(audit.LOGOFF, ended.clinician_id, username, None, address, reason)
         audit.record_sync(session, entry)
-    session.commit()
     return session_id if ended is not None else None

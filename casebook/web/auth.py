@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,9 +29,11 @@ from casebook.live import SessionsEnded
 from casebook.services import accounts, sessions
 from casebook.services.sessions import SignedIn
 from casebook.web import runtime
+from casebook.web.attempt import NotDone, attempt
 from casebook.web.notebook import Notebook
 
 TICKET_SECONDS = 30
+SIGN_IN_NOT_SAVED = 'Could not sign you in just now: the database is busy. Please try again.'
 FINISH_PATH = '/login/finish'
 log = logging.getLogger(__name__)
 
@@ -121,19 +124,34 @@ async def needs_first_account() -> bool:
         return await accounts.needs_first_account(session)
 
 
-async def sign_in(clinician: accounts.ClinicianInfo) -> None:
-    """Start a fresh server-side session and send the browser to pick it up under a new storage identifier."""
+async def sign_in(
+    clinician: accounts.ClinicianInfo, tell: Callable[[str], object], new_password_hash: str | None = None
+) -> bool:
+    """Start a fresh server-side session (one unit of work) and send the browser to pick it up under a new storage
+    identifier; False (and the clinician told, `tell`) when the database could not take it."""
     client = ui.context.client
-    async with runtime.current().database.session() as session:
-        token = await sessions.start(
-            session,
-            clinician_id=clinician.id,
-            address=client.ip or '',
-            user_agent=client.request.headers.get('user-agent', ''),
-            username=clinician.username,
-        )
-    ticket = await runtime.current().tickets.issue(Ticket(token, clinician.id, client.request.session['id']))
+    rt = runtime.current()
+    address, agent = client.ip or '', client.request.headers.get('user-agent', '')
+    token = await attempt(
+        lambda: rt.database.run(
+            lambda session: sessions.start_sync(
+                session,
+                clinician_id=clinician.id,
+                address=address,
+                user_agent=agent,
+                username=clinician.username,
+                new_password_hash=new_password_hash,
+            )
+        ),
+        tell,
+        what='sign-in',
+        unreachable=SIGN_IN_NOT_SAVED,
+    )
+    if isinstance(token, NotDone):
+        return False
+    ticket = await rt.tickets.issue(Ticket(token, clinician.id, client.request.session['id']))
     ui.navigate.to(f'{FINISH_PATH}?ticket={ticket}')
+    return True
 
 
 async def finish_sign_in(request: Request, ticket: str = '') -> RedirectResponse:
@@ -168,8 +186,7 @@ async def _stored(storage: PersistentDict) -> None:
 async def sign_out(token: str | None, *, clinician_id: int, reason: str = 'manual', address: str = '') -> None:
     """End the session on the server and, at once, in every tab that uses it."""
     rt = runtime.current()
-    async with rt.database.session() as session:
-        ended = await sessions.end(session, token, reason=reason, address=address)
+    ended = await rt.database.run(lambda session: sessions.end_sync(session, token, reason=reason, address=address))
     book = notebook()
     if book.token == token:
         book.sign_out()

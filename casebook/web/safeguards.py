@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from nicegui import ui
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from casebook.models import utcnow
 from casebook.services import accounts, audit, sessions
-from casebook.services.errors import CasebookError
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
+from casebook.web.attempt import UNREACHABLE, NotDone, attempt
 from casebook.web.components import duration, heading
 
 WARNING_LEAD = timedelta(seconds=60)  # the warning shows this long before the logoff
 CHECK_AT_MOST_EVERY = timedelta(seconds=60)  # far from the deadline; nearer, the next check lands on it
-UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
+T = TypeVar('T')
 
 
 class IdleWatch:
@@ -139,13 +141,23 @@ async def show_sessions(
             if not await still_signed_in():
                 dialog.close()
                 return
-            try:
-                async with rt.database.session() as session:
-                    ended = await sessions.end_own(
-                        session, clinician_id=clinician.id, session_ids=ids, reason='ended-elsewhere', address=address
+            ended = await attempt(
+                lambda: rt.database.run(
+                    lambda session: _committed(
+                        session,
+                        sessions.end_own_sync(
+                            session,
+                            clinician_id=clinician.id,
+                            session_ids=ids,
+                            reason='ended-elsewhere',
+                            address=address,
+                        ),
                     )
-            except (SQLAlchemyError, OSError):
-                message.set_text(UNREACHABLE)
+                ),
+                message.set_text,
+                what='ending sessions',
+            )
+            if isinstance(ended, NotDone):
                 return
             await auth.announce_ended(clinician.id, ended, 'ended-elsewhere')
             message.set_text(f'Ended {len(ended)} session{"s" if len(ended) != 1 else ""}.')
@@ -184,6 +196,11 @@ async def show_sessions(
     dialog.open()
 
 
+def _committed(session: Session, result: T) -> T:
+    session.commit()
+    return result
+
+
 def password_form(
     signed: Callable[[], SignedIn], *, address: str, still_signed_in: Callable[[], Awaitable[bool]]
 ) -> None:
@@ -205,25 +222,25 @@ def password_form(
         if not await still_signed_in():
             return
         me = signed()
-        try:
-            async with rt.database.session() as session:
-                await accounts.change_password(
-                    session, clinician_id=me.clinician.id, current=current.value, new=new.value
-                )
-                entry = audit.Entry(audit.PASSWORD_CHANGED, me.clinician.id, me.clinician.username, None, address)
-                await audit.record_now(session, entry)
-                ended = await sessions.end_all(
-                    session,
-                    clinician_id=me.clinician.id,
-                    reason='password-changed',
-                    address=address,
-                    keep=me.session_id,
-                )
-        except CasebookError as refusal:
-            result.classes(replace='text-sm text-red-800').set_text(refusal.message)
-            return
-        except (SQLAlchemyError, OSError):
-            result.classes(replace='text-sm text-red-800').set_text(UNREACHABLE)
+
+        def tell(text: str) -> None:
+            result.classes(replace='text-sm text-red-800').set_text(text)
+
+        def then(session: Session) -> frozenset[str]:
+            entry = audit.Entry(audit.PASSWORD_CHANGED, me.clinician.id, me.clinician.username, None, address)
+            audit.record_sync(session, entry)
+            return sessions.end_all_sync(
+                session, clinician_id=me.clinician.id, reason='password-changed', address=address, keep=me.session_id
+            )
+
+        ended = await attempt(
+            lambda: accounts.change_password(
+                rt.database.run, clinician_id=me.clinician.id, current=current.value, new=new.value, then=then
+            ),
+            tell,
+            what='password change',
+        )
+        if isinstance(ended, NotDone):
             return
         current.value = new.value = ''
         await auth.announce_ended(me.clinician.id, ended, 'password-changed')

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from fastapi.responses import RedirectResponse
 from nicegui import ui
+from sqlalchemy.exc import SQLAlchemyError
 
 from casebook.services import accounts, audit
 from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
+from casebook.web.attempt import NotDone, attempt
 from casebook.web.components import duration, form_card, show_error
+
+log = logging.getLogger(__name__)
 
 
 def register() -> None:
@@ -59,19 +64,25 @@ def _account_form(*, title: str, subtitle: str, create) -> None:
 
         async def submit() -> None:
             address = ui.context.client.ip or ''
-            try:
-                async with runtime.current().database.session() as session:
-                    clinician = await create(
-                        session, username=username.value, display_name=display_name.value, password=password.value
-                    )
-                    entry = audit.Entry(
-                        audit.ACCOUNT_CREATED, clinician.id, clinician.username, None, address, clinician.role
-                    )
-                    await audit.record_now(session, entry)
-            except CasebookError as refusal:
-                show_error(error, refusal.message)
-                return
-            await auth.sign_in(clinician)
+
+            def audited(clinician: accounts.ClinicianInfo) -> audit.Entry:
+                return audit.Entry(
+                    audit.ACCOUNT_CREATED, clinician.id, clinician.username, None, address, clinician.role
+                )
+
+            clinician = await attempt(
+                lambda: create(
+                    runtime.current().database.run,
+                    username=username.value,
+                    display_name=display_name.value,
+                    password=password.value,
+                    audited=audited,
+                ),
+                lambda message: show_error(error, message),
+                what='new account',
+            )
+            if not isinstance(clinician, NotDone):
+                await auth.sign_in(clinician, lambda message: show_error(error, message))
 
         password.on('keydown.enter', submit)
         ui.button('Create account', on_click=submit).classes('w-full')
@@ -95,6 +106,9 @@ async def login_page() -> RedirectResponse | None:
             .classes('w-full')
         )
 
+        def tell(message: str) -> None:
+            show_error(error, message)
+
         async def submit() -> None:
             rt = runtime.current()
             address = ui.context.client.ip or ''
@@ -102,22 +116,25 @@ async def login_page() -> RedirectResponse | None:
             attempted = _attempted_username(name)
             wait = await rt.throttle.wait_seconds(attempted, address)
             if wait > 0:
-                async with rt.database.session() as session:
-                    entry = audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address)
-                    await audit.record_now(session, entry)
-                show_error(error, f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
+                await _record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address))
+                tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
                 return
-            async with rt.database.session() as session:
-                clinician = await accounts.authenticate(session, username=name, password=password.value)
-                if clinician is None:
-                    await rt.throttle.failed(attempted, address)
-                    await audit.record_now(session, audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
-            if clinician is None:
+            verified = await attempt(
+                lambda: accounts.verify_credentials(rt.database.run, username=name, password=password.value),
+                tell,
+                what='sign-in',
+                unreachable=auth.SIGN_IN_NOT_SAVED,
+            )
+            if isinstance(verified, NotDone):
+                return
+            if verified is None:
+                await rt.throttle.failed(attempted, address)
+                await _record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
                 password.value = ''
-                show_error(error, 'Username or password is incorrect.')
+                tell('Username or password is incorrect.')
                 return
             await rt.throttle.succeeded(attempted)
-            await auth.sign_in(clinician)
+            await auth.sign_in(verified.clinician, tell, verified.new_hash)
 
         username.on('keydown.enter', lambda: password.run_method('focus'))
         password.on('keydown.enter', submit)
@@ -125,6 +142,17 @@ async def login_page() -> RedirectResponse | None:
         if runtime.current().settings.open_registration:
             ui.link('Create an account', '/register').classes('text-sm')
     return None
+
+
+async def _record(entry: audit.Entry) -> None:
+    """A refused sign-in's audit row; the clinician is told why they are not signed in whether or not it could be
+    written (a busy database must not turn a wrong password into a different message)."""
+    try:
+        await runtime.current().database.run(lambda session: audit.record_now_sync(session, entry))
+    except (SQLAlchemyError, OSError) as error:
+        log.warning(
+            'audit row %s not written: the database could not be reached (%s)', entry.action, type(error).__name__
+        )
 
 
 def _attempted_username(raw: str) -> str:

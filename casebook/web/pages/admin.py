@@ -7,7 +7,9 @@ clinician who is not gets the login page or a refusal, whatever event their brow
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
+from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -15,15 +17,17 @@ from fastapi import Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from nicegui import app, ui
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from casebook.services import accounts, audit, sessions
 from casebook.services.errors import CasebookError
 from casebook.services.sessions import SignedIn
-from casebook.web import auth, runtime
+from casebook.web import auth, downloads, runtime
+from casebook.web.attempt import UNREACHABLE, NotDone, attempt
 from casebook.web.components import heading, theme_switch
 
 log = logging.getLogger(__name__)
-UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
+T = TypeVar('T')
 PAGE = 100
 ACTIVITY_DAYS = 30
 
@@ -220,21 +224,19 @@ class AdminPage:
             async def add() -> None:
                 if not await self._still_admin():
                     return
-                try:
-                    async with runtime.current().database.session() as session:
-                        added = await accounts.add_clinician(
-                            session,
-                            username=username.value,
-                            display_name=name.value,
-                            password=password.value,
-                            role=role.value,
-                        )
-                        await self._audit(session, audit.ADMIN_ADD, f'{added.username} as {added.role}')
-                except CasebookError as refusal:
-                    error.set_text(refusal.message)
-                    return
-                except (SQLAlchemyError, OSError):
-                    error.set_text(UNREACHABLE)
+                added = await attempt(
+                    lambda: accounts.add_clinician(
+                        runtime.current().database.run,
+                        username=username.value,
+                        display_name=name.value,
+                        password=password.value,
+                        role=role.value,
+                        audited=lambda new: self._entry(audit.ADMIN_ADD, f'{new.username} as {new.role}'),
+                    ),
+                    error.set_text,
+                    what='adding a clinician',
+                )
+                if isinstance(added, NotDone):
                     return
                 error.set_text('')
                 username.value = name.value = password.value = ''
@@ -243,30 +245,42 @@ class AdminPage:
 
             ui.button('Add clinician', on_click=add)
 
-    async def _audit(self, session, action: str, detail: str) -> None:
+    def _entry(self, action: str, detail: str) -> audit.Entry:
         me = self.signed.clinician
-        await audit.record_now(session, audit.Entry(action, me.id, me.username, None, self.address, detail))
+        return audit.Entry(action, me.id, me.username, None, self.address, detail)
+
+    async def _change(self, change: Callable[[Session], T], action: str, detail: str, tell=None) -> T | NotDone:
+        """One admin action as one unit of work with its audit row; the admin told when it could not be done."""
+        entry = self._entry(action, detail)
+
+        def work(session: Session) -> T:
+            result = change(session)
+            audit.record_sync(session, entry)
+            session.commit()
+            return result
+
+        return await attempt(
+            lambda: runtime.current().database.run(work), tell or self.notice.set_text, what=f'admin action {action}'
+        )
 
     async def _set_disabled(self, row: accounts.ClinicianRow, disabled: bool) -> None:
         if not await self._still_admin():
             return
-        try:
-            async with runtime.current().database.session() as session:
-                changed = await accounts.set_disabled(
-                    session, admin=self.signed.clinician, clinician_id=row.id, disabled=disabled
-                )
-                await self._audit(session, audit.ADMIN_DISABLE if disabled else audit.ADMIN_ENABLE, row.username)
-                ended = (
-                    await sessions.end_all(session, clinician_id=row.id, reason='disabled', address=self.address)
-                    if disabled
-                    else frozenset()
-                )
-        except CasebookError as refusal:
-            self.notice.set_text(refusal.message)
+        admin, address = self.signed.clinician, self.address
+
+        def change(session: Session) -> tuple[accounts.ClinicianRow, frozenset[str]]:
+            changed = accounts.set_disabled_sync(session, admin=admin, clinician_id=row.id, disabled=disabled)
+            ended = (
+                sessions.end_all_sync(session, clinician_id=row.id, reason='disabled', address=address)
+                if disabled
+                else frozenset()
+            )
+            return changed, ended
+
+        done = await self._change(change, audit.ADMIN_DISABLE if disabled else audit.ADMIN_ENABLE, row.username)
+        if isinstance(done, NotDone):
             return
-        except (SQLAlchemyError, OSError):
-            self.notice.set_text(UNREACHABLE)
-            return
+        changed, ended = done
         if disabled:
             await auth.announce_ended(row.id, None, 'disabled')  # every open tab of theirs leaves at once
         what = 'disabled' if changed.disabled else 'enabled'
@@ -277,15 +291,13 @@ class AdminPage:
     async def _change_role(self, row: accounts.ClinicianRow, role: str) -> None:
         if role == row.role or not await self._still_admin():
             return
-        try:
-            async with runtime.current().database.session() as session:
-                await accounts.change_role(session, admin=self.signed.clinician, clinician_id=row.id, role=role)
-                await self._audit(session, audit.ADMIN_CHANGE_ROLE, f'{row.username}: {row.role} -> {role}')
-        except CasebookError as refusal:
-            self.notice.set_text(refusal.message)
-        except (SQLAlchemyError, OSError):
-            self.notice.set_text(UNREACHABLE)
-        else:
+        admin = self.signed.clinician
+        done = await self._change(
+            lambda session: accounts.change_role_sync(session, admin=admin, clinician_id=row.id, role=role),
+            audit.ADMIN_CHANGE_ROLE,
+            f'{row.username}: {row.role} -> {role}',
+        )
+        if not isinstance(done, NotDone):
             self.notice.set_text(f'{row.username} is now {role}.')
         await self._show_clinicians()
 
@@ -301,18 +313,23 @@ class AdminPage:
             async def save() -> None:
                 if not await self._still_admin():
                     return
-                try:
-                    async with runtime.current().database.session() as session:
-                        await accounts.reset_password(session, clinician_id=row.id, new=password.value)
-                        await self._audit(session, audit.ADMIN_RESET_PASSWORD, row.username)
-                        ended = await sessions.end_all(
-                            session, clinician_id=row.id, reason='password-changed', address=self.address
-                        )
-                except CasebookError as refusal:
-                    error.set_text(refusal.message)
+                rt, address = runtime.current(), self.address
+                new_hash = await attempt(
+                    lambda: accounts.new_password_hash(rt.database.run, clinician_id=row.id, new=password.value),
+                    error.set_text,
+                    what='password reset',
+                )
+                if isinstance(new_hash, NotDone):
                     return
-                except (SQLAlchemyError, OSError):
-                    error.set_text(UNREACHABLE)
+
+                def change(session: Session) -> frozenset[str]:
+                    accounts.set_password_hash_sync(session, clinician_id=row.id, password_hash=new_hash)
+                    return sessions.end_all_sync(
+                        session, clinician_id=row.id, reason='password-changed', address=address
+                    )
+
+                ended = await self._change(change, audit.ADMIN_RESET_PASSWORD, row.username, tell=error.set_text)
+                if isinstance(ended, NotDone):
                     return
                 await auth.announce_ended(row.id, ended, 'password-changed')
                 self.notice.set_text(f'Password of {row.username} reset.')
@@ -421,9 +438,9 @@ async def audit_csv(
     until: str | None = None,
 ) -> Response:
     """The audit log as CSV, for admins only; the download itself is audited."""
-    signed = await auth.signed_in(auth.notebook().token)
-    if signed is None:
-        return PlainTextResponse('Please log in again.', status_code=401)
+    signed = await downloads.who_is_signed_in()
+    if not isinstance(signed, SignedIn):
+        return signed
     if not signed.clinician.is_admin:
         return PlainTextResponse('Only administrators can download the audit log.', status_code=403)
     try:
@@ -439,11 +456,9 @@ async def audit_csv(
     rt = runtime.current()
     me = signed.clinician
     address = request.client.host if request.client else ''
-    async with rt.database.session() as session:
-        detail = ', '.join(f'{key}={value}' for key, value in filters.items() if value is not None)[:200]
-        await audit.record_now(
-            session, audit.Entry(audit.ADMIN_AUDIT_EXPORT, me.id, me.username, None, address, detail)
-        )
+    detail = ', '.join(f'{key}={value}' for key, value in filters.items() if value is not None)[:200]
+    if not await downloads.recorded(audit.Entry(audit.ADMIN_AUDIT_EXPORT, me.id, me.username, None, address, detail)):
+        return downloads.UNAVAILABLE
 
     async def body():
         async with rt.database.session() as session:

@@ -23,6 +23,7 @@ from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
+from casebook.web.attempt import UNREACHABLE, NotDone, attempt
 from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
@@ -48,7 +49,6 @@ document.addEventListener('keydown', (event) => {
 NOT_SAVED = 'Not saved: the database could not be reached. Your text is still in the box; press Send to try again.'
 NOT_SAVED_SHORT = 'Not saved: the database could not be reached. Your message is still in the box.'
 SENDING_AFTER = 0.3  # seconds: a send that takes longer than this shows that it is on its way
-UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
 DRAFT_DELAY = 1.0  # seconds after the last keystroke before a draft is written
 TIMEZONE_JS = 'Intl.DateTimeFormat().resolvedOptions().timeZone'
 EXPORTS = {'json': 'Casebook JSON', 'fhir': 'FHIR R4 bundle', 'markdown': 'Markdown transcript'}
@@ -352,20 +352,26 @@ class Workspace:
     async def _mark(self, conversation: ConversationInfo, message_id: int) -> bool:
         if not await self._still_signed_in():
             return False
-        try:
-            async with runtime.current().database.session() as session:
-                marked = await conversations.mark_entered_in_error(
+        database, clinician, address = runtime.current().database, self.clinician, self.address
+
+        async def mark() -> MessageInfo:
+            await database.run(
+                lambda session: conversations.mark_entered_in_error_sync(
                     session,
-                    clinician=self.clinician,
+                    clinician=clinician,
                     conversation_id=conversation.id,
                     message_id=message_id,
-                    address=self.address,
+                    address=address,
                 )
-        except CasebookError as refusal:
-            ui.notify(refusal.message, type='negative')
-            return False
-        except (SQLAlchemyError, OSError):
-            ui.notify(UNREACHABLE, type='negative')
+            )
+            async with database.session() as session:
+                (marked,) = await conversations.get_messages(
+                    session, clinician=clinician, conversation_id=conversation.id, ids=[message_id]
+                )
+            return marked
+
+        marked = await attempt(mark, lambda text: ui.notify(text, type='negative'), what='entered-in-error mark')
+        if isinstance(marked, NotDone):
             return False
         self.list.update(marked)
         await runtime.current().hub.publish(ConversationEvent('marked', conversation.id, marked))
@@ -380,16 +386,14 @@ class Workspace:
             async def save() -> None:
                 if not await self._still_signed_in():
                     return
-                try:
-                    async with runtime.current().database.session() as session:
-                        changed = await accounts.change_display_name(
-                            session, clinician_id=self.clinician.id, display_name=name.value
-                        )
-                except CasebookError as refusal:
-                    error.set_text(refusal.message)
-                    return
-                except (SQLAlchemyError, OSError):
-                    error.set_text(UNREACHABLE)
+                changed = await attempt(
+                    lambda: accounts.change_display_name(
+                        runtime.current().database.run, clinician_id=self.clinician.id, display_name=name.value
+                    ),
+                    error.set_text,
+                    what='display name change',
+                )
+                if isinstance(changed, NotDone):
                     return
                 self.signed = replace(self.signed, clinician=changed)
                 self._show_header()
