@@ -29,7 +29,19 @@ if __package__ in (None, ''):
 
 import aiohttp
 
-from bench.common import RESULTS, casebook_server, load_average, log, machine, summary, work_dir, write_result
+from bench.common import (
+    RESULTS,
+    casebook_server,
+    load_average,
+    log,
+    machine,
+    proc_cpu_seconds,
+    profile_summary,
+    start_profile,
+    summary,
+    work_dir,
+    write_result,
+)
 from bench.load import PASSWORD, Account, Client, Refused, Stats, _prepare
 
 # what the login page says when a sign-in did not happen (casebook/web/pages/accounts.py)
@@ -114,7 +126,7 @@ async def burst(base_url: str, accounts: list[Account], *, rate: float, timeout:
     return Burst(list(outcomes))
 
 
-async def run_once(count: int, rate: float, timeout: float) -> dict:
+async def run_once(count: int, rate: float, timeout: float, profile: bool = False) -> dict:
     secret = secrets.token_urlsafe(32)
     data_dir = work_dir(f'shift-{count}') / 'data'
     log(f'shift change: preparing {count} accounts')
@@ -122,24 +134,33 @@ async def run_once(count: int, rate: float, timeout: float) -> dict:
     server = casebook_server(data_dir, RESULTS / 'logs' / f'shift-{count}.log', CASEBOOK_STORAGE_SECRET=secret)
     with server:
         load_before = load_average()
-        started = time.perf_counter()
+        cpu_before, started = proc_cpu_seconds(server.pid), time.perf_counter()
+        trace = RESULTS / f'profile-shift-{count}.txt'
+        spy = start_profile(server.pid, count / rate, trace) if profile else None
         result = await burst(server.base_url, accounts, rate=rate, timeout=timeout)
         elapsed = time.perf_counter() - started
+        cpu = proc_cpu_seconds(server.pid) - cpu_before
+        if spy is not None:
+            spy.wait(timeout=60)
         errors = server.errors_in_log()
     shutil.rmtree(data_dir.parent, ignore_errors=True)
     figures = result.figures()
     figures.update(
         rate_per_second=rate,
         burst_seconds=round(elapsed, 1),
+        server_cpu_seconds=round(cpu, 1),
+        server_cpu_ms_per_sign_in=round(cpu * 1000 / max(1, count), 1),
         load_average={'before': load_before, 'after': load_average()},
         server_log_errors=errors[:20],
         server_log_error_count=len(errors),
     )
+    if profile:
+        figures['profile'] = profile_summary(trace, count)
     latency = figures['log_in_to_workspace_ms']
     log(
         f'shift change {count} at {rate}/s: {figures["signed_in"]} signed in, {figures["told"]} told, '
         f'{figures["failed"]} failed; Log in → workspace p50 {latency.get("median")} ms, p99 {latency.get("p99")} ms; '
-        f'{len(errors)} error lines in the server log'
+        f'{len(errors)} error lines in the server log; server CPU {figures["server_cpu_ms_per_sign_in"]} ms a sign-in'
     )
     return figures
 
@@ -149,10 +170,11 @@ def main() -> None:
     parser.add_argument('--clinicians', type=int, default=500)
     parser.add_argument('--rate', type=float, default=20, help='sign-ins started per second (default 20)')
     parser.add_argument('--timeout', type=float, default=TIMEOUT, help='seconds a sign-in may take (default 30)')
+    parser.add_argument('--profile', action='store_true', help='record the server with py-spy during the burst')
     parser.add_argument('--name', default='shift_change', help='results file bench/results/NAME.json')
     args = parser.parse_args()
     results = {'machine': machine(), 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
-    results['run'] = asyncio.run(run_once(args.clinicians, args.rate, args.timeout))
+    results['run'] = asyncio.run(run_once(args.clinicians, args.rate, args.timeout, args.profile))
     results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
     path = write_result(args.name, results)
     print(f'results: {path}')

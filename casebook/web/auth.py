@@ -120,8 +120,13 @@ async def current() -> SignedIn | None:
 
 
 async def needs_first_account() -> bool:
-    async with runtime.current().database.session() as session:
-        return await accounts.needs_first_account(session)
+    """True until the first account exists; asked by every page, so the database is asked only until then."""
+    rt = runtime.current()
+    if rt.installed:
+        return False
+    async with rt.database.session() as session:
+        rt.installed = not await accounts.needs_first_account(session)
+    return not rt.installed
 
 
 async def sign_in(

@@ -24,6 +24,7 @@ class Runtime:
     hub: LocalHub
     tickets: Tickets
     throttle: SharedThrottle = field(default_factory=SharedThrottle)
+    installed: bool = False  # the first account exists (never undone: accounts are disabled, not deleted)
 
     @property
     def session_max_age(self) -> timedelta:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+from collections.abc import Iterator
 
 import pytest
 from nicegui import ui
 from nicegui.testing import User
+from sqlalchemy import func, select
 
+from casebook.models import AuthSession, Clinician
+from casebook.services import accounts
 from casebook.web import runtime
 from tests.conftest import PASSWORD
-from tests.web.helpers import create_first_account, open_patient, send, should_see_message, shown_messages
+from tests.web.helpers import (
+    add,
+    create_first_account,
+    log_in,
+    open_patient,
+    send,
+    should_see_message,
+    shown_messages,
+)
 from tests.web.test_journey import composer, settle, stored_texts
 
 
@@ -60,3 +73,61 @@ async def test_the_workspace_opens_while_another_process_holds_the_write_lock(us
     finally:
         blocker.rollback()
         blocker.close()
+
+
+@contextlib.contextmanager
+def write_lock_held_elsewhere() -> Iterator[None]:
+    """Another process's transaction holds SQLite's write lock for longer than our 5 s busy timeout."""
+    blocker = sqlite3.connect(runtime.current().settings.data_dir / 'casebook.sqlite3', timeout=0)
+    blocker.execute('BEGIN EXCLUSIVE')
+    try:
+        yield
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
+async def live_sessions(username: str) -> int:
+    async with runtime.current().database.session() as session:
+        query = select(func.count()).select_from(AuthSession).join(Clinician)
+        return await session.scalar(query.where(Clinician.username == username, AuthSession.ended_at.is_(None)))
+
+
+async def test_a_sign_in_the_database_cannot_take_now_says_so_and_can_be_retried(
+    user: User, create_user, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create_first_account(user)
+    await add('bob')
+    bob = create_user()
+    with write_lock_held_elsewhere():
+        await log_in(bob, 'bob')
+        await bob.should_see('Could not sign you in just now', retries=200)
+        assert await live_sessions('bob') == 0
+    bob.find(kind=ui.button, content='Log in').click()  # the retry the message asks for, same form
+    await bob.should_see('User: Bob | Patient: (not set)')
+    assert await live_sessions('bob') == 1
+    assert any('sign-in not done' in record.getMessage() for record in caplog.records)
+    assert not [record for record in caplog.records if PASSWORD in record.getMessage()]
+
+
+async def test_an_admin_action_the_database_cannot_take_says_so(user: User) -> None:
+    await create_first_account(user)
+    await add('bob')
+    await user.open('/admin')
+    await user.should_see('Add a clinician')
+    with write_lock_held_elsewhere():
+        user.find(kind=ui.button, content='Disable').click()
+        await user.should_see('The database could not be reached. Nothing was changed', retries=200)
+    async with runtime.current().database.session() as session:
+        assert await accounts.authenticate(session, username='bob', password=PASSWORD) is not None  # not disabled
+    user.find(kind=ui.button, content='Disable').click()
+    await user.should_see('bob disabled')
+
+
+async def test_a_log_out_the_database_cannot_take_still_signs_this_browser_out(user: User) -> None:
+    await create_first_account(user)
+    with write_lock_held_elsewhere():
+        user.find(kind=ui.button, content='Log out').click()
+        await user.should_see('Log in', retries=200)
+    await user.open('/')
+    await user.should_see('Log in')
