@@ -77,7 +77,7 @@ class Burst:
         }
 
 
-async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, timeout: float = TIMEOUT) -> Outcome:
+async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, patience: float = TIMEOUT) -> Outcome:
     """One clinician through the login form; how it ended."""
     client = Client(http, base_url, account, Stats())
     try:
@@ -89,10 +89,10 @@ async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, 
         clicked = time.perf_counter()
         await client.click('Log in')
         navigation = asyncio.ensure_future(client.navigations.get())
-        done, _ = await asyncio.wait([navigation, *told.values()], timeout=timeout, return_when='FIRST_COMPLETED')
+        done, _ = await asyncio.wait([navigation, *told.values()], timeout=patience, return_when='FIRST_COMPLETED')
         if not done:
             navigation.cancel()
-            return Outcome(account.username, 'failed', detail=f'nothing within {timeout:.0f} s of Log in')
+            return Outcome(account.username, 'failed', detail=f'nothing within {patience:.0f} s of Log in')
         if navigation not in done:
             navigation.cancel()
             text = next(text for text, future in told.items() if future in done)
@@ -100,7 +100,7 @@ async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, 
         path = navigation.result()
         await client.close()
         client.closed = False
-        page = await asyncio.wait_for(client.load(path or '/'), timeout)
+        page = await asyncio.wait_for(client.load(path or '/'), patience)
         if not any(e.get('props', {}).get('label') == 'Type message here' for e in page.elements.values()):
             return Outcome(account.username, 'failed', detail=f'{path} led to a page without the workspace')
         return Outcome(account.username, 'signed-in', seconds=time.perf_counter() - clicked)
@@ -110,10 +110,10 @@ async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, 
         await client.close()
 
 
-async def burst(base_url: str, accounts: list[Account], *, rate: float, timeout: float = TIMEOUT) -> Burst:
+async def burst(base_url: str, accounts: list[Account], *, rate: float, patience: float = TIMEOUT) -> Burst:
     """Every account signs in once, one starting every 1/rate seconds; waits (bounded) for all of them."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a new connection per request, as browsers do
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=patience)
     async with aiohttp.ClientSession(
         connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=client_timeout
     ) as http:
@@ -121,12 +121,12 @@ async def burst(base_url: str, accounts: list[Account], *, rate: float, timeout:
         tasks = []
         for index, account in enumerate(accounts):
             await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
-            tasks.append(asyncio.create_task(sign_in(http, base_url, account, timeout)))
+            tasks.append(asyncio.create_task(sign_in(http, base_url, account, patience)))
         outcomes = await asyncio.gather(*tasks)
     return Burst(list(outcomes))
 
 
-async def run_once(count: int, rate: float, timeout: float, profile: bool = False) -> dict:
+async def run_once(count: int, rate: float, patience: float, profile: bool = False) -> dict:
     secret = secrets.token_urlsafe(32)
     data_dir = work_dir(f'shift-{count}') / 'data'
     log(f'shift change: preparing {count} accounts')
@@ -137,7 +137,7 @@ async def run_once(count: int, rate: float, timeout: float, profile: bool = Fals
         cpu_before, started = proc_cpu_seconds(server.pid), time.perf_counter()
         trace = RESULTS / f'profile-shift-{count}.txt'
         spy = start_profile(server.pid, count / rate, trace) if profile else None
-        result = await burst(server.base_url, accounts, rate=rate, timeout=timeout)
+        result = await burst(server.base_url, accounts, rate=rate, timeout=patience)
         elapsed = time.perf_counter() - started
         cpu = proc_cpu_seconds(server.pid) - cpu_before
         if spy is not None:
