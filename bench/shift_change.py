@@ -137,7 +137,7 @@ async def run_once(count: int, rate: float, patience: float, profile: bool = Fal
         cpu_before, started = proc_cpu_seconds(server.pid), time.perf_counter()
         trace = RESULTS / f'profile-shift-{count}.txt'
         spy = start_profile(server.pid, count / rate, trace) if profile else None
-        result = await burst(server.base_url, accounts, rate=rate, timeout=patience)
+        result = await burst(server.base_url, accounts, rate=rate, patience=patience)
         elapsed = time.perf_counter() - started
         cpu = proc_cpu_seconds(server.pid) - cpu_before
         if spy is not None:
