@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from casebook.models import AuthSession, Clinician
@@ -87,6 +88,25 @@ async def test_authenticate(database):
         assert await accounts.authenticate(session, username='nobody', password=PASSWORD) is None
         assert await accounts.authenticate(session, username='', password='') is None
         assert await accounts.authenticate(session, username='bob', password='x' * 10_000) is None
+
+
+async def test_a_password_hashed_with_older_parameters_is_hashed_anew_at_sign_in(database):
+    bob = await add_clinician(database, 'bob')
+    older = PasswordHasher().hash(PASSWORD)  # argon2-cffi's default: 64 MiB, 3 passes, 4 lanes
+    async with database.session() as session:
+        (await session.get(Clinician, bob.id)).password_hash = older
+        await session.commit()
+    verified = await accounts.verify_credentials(database.run, username='bob', password=PASSWORD)
+    assert verified is not None and verified.clinician == bob
+    assert verified.new_hash is not None and '$m=19456,t=2,p=1$' in verified.new_hash
+    token = await database.run(
+        lambda s: sessions.start_sync(s, clinician_id=bob.id, username='bob', new_password_hash=verified.new_hash)
+    )
+    async with database.session() as session:
+        assert await session.scalar(select(Clinician.password_hash).where(Clinician.id == bob.id)) == verified.new_hash
+        assert (await sessions.resolve(session, token, max_age=DAY)).clinician == bob
+    again = await accounts.verify_credentials(database.run, username='bob', password=PASSWORD)
+    assert again == accounts.Verified(bob, None)  # nothing more to replace
 
 
 async def test_disabled_clinician_cannot_sign_in_and_loses_sessions(database):
