@@ -18,12 +18,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 SIGN_IN_RESULTS = ('ok', 'failed', 'throttled')
 # seconds; a send's budget is 15 ms to the screen and 150 ms (p99) to the ack under load
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the classic text format, read by every Prometheus (names are plain)
 disable_created_metrics()  # no `_created` twin of every counter and histogram: Prometheus does not need them
 
 
