@@ -147,12 +147,14 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     build(settings)
     tune_garbage_collector()
     tune_thread_switching()
+    log.info('serving on http://%s:%s', host, port)
     # log_config=None: uvicorn keeps the logging `casebook serve` set up (casebook/logs.py) instead of its own.
-    # No access log: request paths name patients (/export/<patient id>/…).
+    # Warnings and up only, and no access log: request paths name patients (/export/<patient id>/…), and uvicorn
+    # logs each websocket at INFO with its URL, which holds the page's client id (a secret: guard_socket_events).
     ui.run(
         host=host,
         port=port,
-        uvicorn_logging_level='info',
+        uvicorn_logging_level='warning',
         log_config=None,
         access_log=False,
         **run_options(settings),
