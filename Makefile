@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install install-test run test test-fast lint format browser nginx axe clean
+.PHONY: install install-test run test test-fast lint format browser nginx prometheus axe clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,24 @@ nginx:
 		exit $$STATUS; \
 	fi
 
+# Prometheus for the test that scrapes a served Casebook with a real one (tests/browser/test_prometheus.py), from
+# Debian's packages. Only the program is wanted: the test starts its own on a free port with its own config, so the
+# system service (port 9090, and its node exporter) is kept from starting by the same policy-rc.d as for nginx.
+prometheus:
+	@if [ ! -x /usr/bin/prometheus ]; then \
+		echo 'Installing Prometheus for the metrics test (apt-get)'; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		POLICY=/usr/sbin/policy-rc.d; ADDED=; \
+		if [ ! -e $$POLICY ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; \
+		fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		STATUS=$$?; \
+		if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; \
+		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+		exit $$STATUS; \
+	fi
+
 # axe-core for the accessibility tests, from the npm registry, at the version pinned in the lock file.
 AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
 axe: $(AXE)
@@ -72,7 +90,7 @@ format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install-test browser nginx axe lint
+test: install-test browser nginx prometheus axe lint
 	$(BIN)/python -m pytest
 
 # Everything but the real-browser tests: for a quick run while working.

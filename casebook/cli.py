@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -89,6 +90,10 @@ def _audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from casebook import logs
+
+    # first, so that what NiceGUI and uvicorn log while starting is in the chosen format too
+    logs.configure(settings.log_format, instance=f'{socket.gethostname()}:{args.port}')
     settings.prepare_data_dir()
     # NiceGUI reads where its storage lives when it is imported, so that is set before the web app is.
     os.environ['NICEGUI_STORAGE_PATH'] = str(settings.storage_path)

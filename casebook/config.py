@@ -6,6 +6,7 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,12 @@ class Settings(BaseSettings):
     session_max_hours: int = Field(12, ge=1, le=24 * 30, description='Re-login required after this long.')
     open_registration: bool = Field(False, description='Let anyone create an account after the first one.')
     https: bool = Field(False, description='Served behind a TLS proxy: Secure cookies and HSTS.')
+    metrics_token: SecretStr | None = Field(
+        None, description='Bearer token for GET /metrics (at least 16 characters); unset: /metrics answers 404.'
+    )
+    log_format: Literal['text', 'json'] = Field(
+        'text', description='`json`: one JSON object per log line (for log shippers); `text`: readable lines.'
+    )
 
     @field_validator('data_dir')
     @classmethod

@@ -14,8 +14,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from casebook import metrics
 
 if TYPE_CHECKING:
     from casebook.config import Settings
@@ -26,6 +29,7 @@ DB_THREADS = 4  # SQLite has one writer at a time; a few threads let reads go on
 MIGRATION_LOCK = 0x63617365626F6F6B
 
 MIGRATIONS_DIR = Path(__file__).parent / 'migrations'
+DATABASE_ERRORS = (SQLAlchemyError, OSError)  # what the callers treat as "the database could not be reached"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -51,6 +55,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             url,
             echo=echo,
+            hide_parameters=True,  # a failed statement's error (and so the log) never holds message text or names
             pool_pre_ping=not sqlite,
             # Sessions always end their transactions themselves (commit, or rollback on close), so SQLite's
             # extra rollback when a connection goes back to the pool only costs a trip to aiosqlite's thread.
@@ -66,6 +71,7 @@ class Database:
             # one hand-off instead of a trip to aiosqlite's thread for every cursor, statement and fetch.
             self._threaded_engine = threaded = create_engine(
                 make_url(url).set(drivername='sqlite+pysqlite'),
+                hide_parameters=True,
                 pool_size=DB_THREADS,
                 pool_reset_on_return=None,
                 connect_args={'check_same_thread': False},  # a pooled connection serves one thread at a time
@@ -82,6 +88,7 @@ class Database:
             threads = pool_size or DB_THREADS
             self._threaded_engine = threaded = create_engine(
                 make_url(url).set(drivername='postgresql+psycopg'),
+                hide_parameters=True,
                 pool_size=threads,
                 max_overflow=0,  # one connection per database thread
                 pool_pre_ping=True,
@@ -99,15 +106,19 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
-            yield session
+        try:
+            async with self._sessions() as session:
+                yield session
+        except DATABASE_ERRORS:
+            metrics.db_error()
+            raise
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run `work(session)`, written against a plain Session, as one unit in a database thread (plain sqlite3
         on SQLite, psycopg on PostgreSQL; through the async driver on anything else). The session is closed
         (and an open transaction rolled back) after: on every path only what `work` commits itself is kept."""
         if self._threaded is None or self._executor is None:
-            async with self.session() as session:
+            async with self.session() as session:  # counts its own errors
                 return await session.run_sync(work)
         threaded = self._threaded
 
@@ -115,7 +126,11 @@ class Database:
             with threaded() as session:
                 return work(session)
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except DATABASE_ERRORS:
+            metrics.db_error()
+            raise
 
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision, in one transaction.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from casebook import metrics
 from casebook.services.conversations import MessageInfo
 
 log = logging.getLogger(__name__)
@@ -101,20 +103,24 @@ class LocalHub:
 
     async def publish(self, event: Event) -> None:
         """Hand the event to each subscriber in a task of its own, so one slow tab delays no other."""
-        self._deliver_all(event)
+        self._deliver_all(event, time.time())
 
-    def _deliver_all(self, event: Event) -> None:
+    def _deliver_all(self, event: Event, published_at: float | None = None) -> None:
+        """`published_at`: when the event was published (time.time()), for casebook_live_delivery_seconds."""
         for subscriber in list(self._subscribers.get(event.topic, ())):
-            task = asyncio.create_task(self._deliver(subscriber, event))
+            task = asyncio.create_task(self._deliver(subscriber, event, published_at))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _deliver(subscriber: Subscriber, event: Event) -> None:
+    async def _deliver(subscriber: Subscriber, event: Event, published_at: float | None) -> None:
         try:
             await subscriber(event)
         except Exception:  # a tab that went away mid-delivery must not affect the others
             log.exception('live update not delivered')
+            return
+        if published_at is not None:
+            metrics.live_delivered(published_at)
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._subscribers.get(topic, ()))
@@ -123,8 +129,9 @@ class LocalHub:
 # ----- across instances ------------------------------------------------------------------------------------
 
 
-def encode(event: Event, origin: str) -> str:
-    """An event as JSON for Redis; `origin` names the instance that published it."""
+def encode(event: Event, origin: str, published_at: float | None = None) -> str:
+    """An event as JSON for Redis; `origin` names the instance that published it, `published_at` (time.time())
+    when, so that the receiving instance can measure the delivery."""
     if isinstance(event, ConversationEvent):
         message = asdict(event.message)
         message['sent_at'] = event.message.sent_at.isoformat()
@@ -134,11 +141,18 @@ def encode(event: Event, origin: str) -> str:
         body = {'kind': 'ended', 'clinician_id': event.clinician_id, 'session_ids': ids, 'reason': event.reason}
     else:
         body = {'kind': 'resync', 'topic': event.topic}
-    return json.dumps({'origin': origin, **body}, separators=(',', ':'))
+    stamp = {} if published_at is None else {'at': published_at}
+    return json.dumps({'origin': origin, **stamp, **body}, separators=(',', ':'))
 
 
 def decode(data: str | bytes) -> tuple[str, Event]:
     """(origin, event) from `encode`'s JSON; ValueError (or KeyError/TypeError) when it is not one."""
+    origin, event, _ = decode_stamped(data)
+    return origin, event
+
+
+def decode_stamped(data: str | bytes) -> tuple[str, Event, float | None]:
+    """(origin, event, published_at) from `encode`'s JSON; published_at None when the sender did not stamp it."""
     body = json.loads(data)
     kind = body['kind']
     if kind in ('message', 'marked'):
@@ -152,7 +166,8 @@ def decode(data: str | bytes) -> tuple[str, Event]:
         event = Resync(str(body['topic']))
     else:
         raise ValueError(f'unknown event kind {kind!r}')
-    return str(body['origin']), event
+    at = body.get('at')
+    return str(body['origin']), event, float(at) if isinstance(at, int | float) else None
 
 
 class RedisHub(LocalHub):
@@ -204,11 +219,12 @@ class RedisHub(LocalHub):
         self._workers = []
 
     async def publish(self, event: Event) -> None:
-        await super().publish(event)
+        published_at = time.time()
+        self._deliver_all(event, published_at)
         if self._outbox.qsize() >= self.QUEUE_LIMIT:
             channel, _ = self._outbox.get_nowait()
             self._dropped.add(channel.removeprefix(self._channel_prefix))
-        self._outbox.put_nowait((self.channel(event.topic), encode(event, self.origin)))
+        self._outbox.put_nowait((self.channel(event.topic), encode(event, self.origin, published_at)))
 
     # The publisher: one task, so events leave in the order they happened.
 
@@ -273,12 +289,12 @@ class RedisHub(LocalHub):
         if topic not in self._subscribers:
             return  # nobody here follows it: not even decoded
         try:
-            origin, event = decode(data)
+            origin, event, published_at = decode_stamped(data)
         except (ValueError, KeyError, TypeError):
             log.warning('ignored a malformed live update on %s', topic)
             return
         if origin != self.origin and getattr(event, 'topic', None) == topic:
-            self._deliver_all(event)
+            self._deliver_all(event, published_at)
 
     def _resync_all(self) -> None:
         self.resyncs += 1

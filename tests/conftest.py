@@ -38,6 +38,8 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         'CASEBOOK_REDIS_URL',
         'CASEBOOK_STORAGE_SECRET',
         'CASEBOOK_OPEN_REGISTRATION',
+        'CASEBOOK_METRICS_TOKEN',
+        'CASEBOOK_LOG_FORMAT',
     ):
         monkeypatch.delenv(name, raising=False)
     return directory

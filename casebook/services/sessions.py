@@ -200,6 +200,15 @@ async def count_signed_in(session: AsyncSession, *, limits: Limits) -> int:
     return await session.scalar(query) or 0
 
 
+def count_live_sync(session: Session, *, limits: Limits) -> int:
+    """How many sign-in sessions live now (not ended, within their maximum age and idle time), of all clinicians."""
+    now = utcnow()
+    query = select(func.count()).where(AuthSession.ended_at.is_(None), AuthSession.created_at > now - limits.max_age)
+    if limits.idle is not None:
+        query = query.where(AuthSession.last_seen_at >= now - limits.idle)
+    return session.scalar(query.select_from(AuthSession)) or 0
+
+
 def end_own_sync(
     session: Session, *, clinician_id: int, session_ids: list[str], reason: str, address: str = ''
 ) -> frozenset[str]:

@@ -13,7 +13,7 @@ from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub, RedisHub
 from casebook.services.throttle import SharedThrottle
-from casebook.web import auth, downloads, runtime
+from casebook.web import auth, downloads, operations, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
@@ -59,6 +59,7 @@ def build(settings: Settings) -> None:
     database = Database.from_settings(settings)
     runtime.install(_shared_parts(settings, database))
     app.on_shutdown(database.dispose)
+    operations.install(app, settings)  # /healthz, /readyz, /metrics: outside the session and storage middleware
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     guard_socket_events()
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
@@ -146,4 +147,15 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     build(settings)
     tune_garbage_collector()
     tune_thread_switching()
-    ui.run(host=host, port=port, uvicorn_logging_level='warning', **run_options(settings))
+    log.info('serving on http://%s:%s', host, port)
+    # log_config=None: uvicorn keeps the logging `casebook serve` set up (casebook/logs.py) instead of its own.
+    # Warnings and up only, and no access log: request paths name patients (/export/<patient id>/…), and uvicorn
+    # logs each websocket at INFO with its URL, which holds the page's client id (a secret: guard_socket_events).
+    ui.run(
+        host=host,
+        port=port,
+        uvicorn_logging_level='warning',
+        log_config=None,
+        access_log=False,
+        **run_options(settings),
+    )

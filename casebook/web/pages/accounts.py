@@ -9,6 +9,7 @@ from fastapi.responses import RedirectResponse
 from nicegui import ui
 from sqlalchemy.exc import SQLAlchemyError
 
+from casebook import metrics
 from casebook.services import accounts, audit
 from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
@@ -116,6 +117,7 @@ async def login_page() -> RedirectResponse | None:
             attempted = _attempted_username(name)
             wait = await rt.throttle.wait_seconds(attempted, address)
             if wait > 0:
+                metrics.sign_in('throttled')
                 await _record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address))
                 tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
                 return
@@ -128,13 +130,15 @@ async def login_page() -> RedirectResponse | None:
             if isinstance(verified, NotDone):
                 return
             if verified is None:
+                metrics.sign_in('failed')
                 await rt.throttle.failed(attempted, address)
                 await _record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
                 password.value = ''
                 tell('Username or password is incorrect.')
                 return
             await rt.throttle.succeeded(attempted)
-            await auth.sign_in(verified.clinician, tell, verified.new_hash)
+            if await auth.sign_in(verified.clinician, tell, verified.new_hash):
+                metrics.sign_in('ok')
 
         username.on('keydown.enter', lambda: password.run_method('focus'))
         password.on('keydown.enter', submit)

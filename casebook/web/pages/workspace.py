@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from dataclasses import replace
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,6 +18,7 @@ from nicegui import app, background_tasks, ui
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from casebook import metrics
 from casebook.live import ConversationEvent, Resync, SessionsEnded, clinician_topic, conversation_topic
 from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo, MessageInfo
@@ -274,14 +276,15 @@ class Workspace:
 
         The session check and the message are one unit of work: one trip to the database per send.
         """
+        started = time.perf_counter()  # the event arrived just now: send() and the dialogs call this before any await
         rt = runtime.current()
         token, clinician_id, limits, address = self.token, self.clinician.id, rt.limits, self.address
 
-        def store(session: Session) -> tuple[SignedIn | None, MessageInfo | None]:
+        def store(session: Session) -> tuple[SignedIn | None, MessageInfo | None, bool]:
             signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
             if signed is None or signed.clinician.id != clinician_id:
-                return signed, None
-            message, _created = conversations.post_message_sync(
+                return signed, None, False
+            message, created = conversations.post_message_sync(
                 session,
                 clinician=signed.clinician,
                 conversation_id=conversation.id,
@@ -291,11 +294,13 @@ class Workspace:
                 patient_id=conversation.patient_id,
                 address=address,
             )
-            return signed, message
+            return signed, message, created
 
         self.unsaved = False
         try:
-            signed, stored = await rt.database.run(store)
+            signed, stored, created = await rt.database.run(store)
+            if created:  # a retried send found already stored is not written again
+                metrics.message_written(started)
             if not self._accept(signed) or stored is None:
                 return None
             message = stored
