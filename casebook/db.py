@@ -131,6 +131,8 @@ class Database:
             await connection.run_sync(_upgrade)
 
     async def dispose(self) -> None:
+        if self._executor is not None:  # units not yet started never start; one under way finishes in its thread
+            self._executor.shutdown(wait=False, cancel_futures=True)
         await self.engine.dispose()
         if self._threaded_engine is not None:
             self._threaded_engine.dispose()

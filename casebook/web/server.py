@@ -13,7 +13,7 @@ from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub, RedisHub
 from casebook.services.throttle import SharedThrottle
-from casebook.web import auth, downloads, runtime
+from casebook.web import auth, downloads, lifecycle, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
@@ -146,4 +146,5 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     build(settings)
     tune_garbage_collector()
     tune_thread_switching()
-    ui.run(host=host, port=port, uvicorn_logging_level='warning', **run_options(settings))
+    with lifecycle.graceful_stop():  # SIGTERM/SIGINT: finish sends, write drafts, move the tabs, exit 0
+        ui.run(host=host, port=port, uvicorn_logging_level='warning', **run_options(settings))
