@@ -131,8 +131,11 @@ class Database:
             await connection.run_sync(_upgrade)
 
     async def dispose(self) -> None:
-        if self._executor is not None:  # units not yet started never start; one under way finishes in its thread
+        if self._executor is not None:
+            # units of work queued but not started never start (a stopping server has told their tabs they were not
+            # saved); like the engine, the database stays usable, with fresh threads
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = ThreadPoolExecutor(self._executor._max_workers, thread_name_prefix='casebook-db')
         await self.engine.dispose()
         if self._threaded_engine is not None:
             self._threaded_engine.dispose()
