@@ -32,11 +32,14 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nicegui import Client, app, background_tasks, core, ui
+
+from casebook.web import runtime
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +185,8 @@ async def _sends_finished() -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_sends_done.wait(), SENDS_WITHIN)
     _state.abandoned = _state.in_flight
+    if _state.abandoned:  # the database is stuck or slow: what has not started yet will not start
+        runtime.current().database.cancel_queued()
 
 
 async def _acks_sent() -> None:
@@ -235,21 +240,13 @@ def _log_end(outcome: str) -> None:
 
 def _give_up() -> None:
     """In the watchdog's thread: the stop overran its deadline (a database that does not answer, a stuck thread)."""
-    _state.abandoned = max(_state.abandoned, _state.in_flight)
-    _log_end(f'stop cut short ({_state.in_flight} sends still in flight, {_pending_tasks()} tasks still running)')
+    busy = Counter(thread.name.rstrip('_0123456789') for thread in threading.enumerate() if not thread.daemon)
+    busy.pop(threading.main_thread().name, None)
+    still = ', '.join(f'{count} {name}' for name, count in sorted(busy.items())) or 'nothing named'
+    _log_end(f'exit forced (threads still busy: {still})')
     for handler in [*logging.getLogger().handlers, logging.lastResort]:
         if handler is not None:
             handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _pending_tasks() -> int:
-    loop = core.loop
-    if loop is None or loop.is_closed():
-        return 0
-    try:
-        return len(asyncio.all_tasks(loop))
-    except RuntimeError:  # the set changed while it was read from this thread
-        return -1
