@@ -3,6 +3,8 @@
 Simulated tabs (bench/load.py's client, speaking NiceGUI's socket.io protocol over real websockets) send while the
 process gets SIGTERM; some have typed a draft they did not send. Afterwards:
 - the process exited with status 0 within 10 s, and its output holds no traceback and no message text;
+- the sends in flight at the signal (held up by SQLite's write lock, taken by another connection just before it and
+  released just after) were waited for and acknowledged;
 - every message a tab saw acknowledged is in the database exactly once;
 - every text typed well before the signal is either stored or back in its tab's composer after a restart (the
   draft, with its send id); sent again from there it is stored once;
@@ -20,6 +22,7 @@ import secrets
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,13 +47,14 @@ REACHED_SERVER = 0.1  # a text typed this long before the signal has reached the
 EXIT_WITHIN = 10.0
 ACK_WITHIN = 10.0
 RAMP = 8  # tabs opening at once
+LOCK_BEFORE, LOCK_AFTER = 0.3, 0.7  # seconds the write lock is held before and after the signal
 
 
 @dataclass
 class Run:
     """What the tabs did, by the clock of this process."""
 
-    acked: set[str] = field(default_factory=set)
+    acked: dict[str, float] = field(default_factory=dict)  # text → when its acknowledgement arrived
     typed: dict[int, list[tuple[str, float]]] = field(default_factory=dict)  # tab → (text, when), oldest first
     drafts: dict[int, str] = field(default_factory=dict)
     stopped_at: float = float('inf')
@@ -72,7 +76,7 @@ async def _stop_under_load(storage: str, tmp_path: Path) -> None:
     try:
         accounts = await _accounts(data_dir, secret, storage, prefix)
         await asyncio.to_thread(server.start)
-        run, seconds, status = await _send_and_stop(server, accounts)
+        run, seconds, status = await _send_and_stop(server, accounts, data_dir / 'casebook.sqlite3')
         output = server.log_path.read_text(encoding='utf-8', errors='replace')
         await asyncio.to_thread(server.start)  # the same data dir (and Redis prefix) on the same port
         composers = await _reopen_and_resend(server, accounts)
@@ -82,7 +86,11 @@ async def _stop_under_load(storage: str, tmp_path: Path) -> None:
             _delete_keys(prefix)
     stored = _stored_counts(data_dir)
     stop_line = next((line for line in output.splitlines() if line.startswith('stopped in')), '(no end line)')
-    print(f'\n{storage}: SIGTERM → exit {status} in {seconds:.2f} s; {len(run.acked)} acknowledged; {stop_line}')
+    after = sum(at > run.stopped_at for at in run.acked.values())
+    print(
+        f'\n{storage}: SIGTERM → exit {status} in {seconds:.2f} s; {len(run.acked)} acknowledged ({after} after the '
+        f'signal); the server: {stop_line}'
+    )
 
     assert status == 0, f'exit status {status} after SIGTERM:\n{output[-4000:]}'
     assert seconds < EXIT_WITHIN, f'took {seconds:.1f} s to exit'
@@ -90,6 +98,7 @@ async def _stop_under_load(storage: str, tmp_path: Path) -> None:
     assert 'stopping on SIGTERM' in output and 'stopped in' in output, output[-3000:]
     assert not any(text in output for texts in run.typed.values() for text, _ in texts), 'message text in the log'
     assert len(run.acked) > CLIENTS * 2, f'too few acknowledged sends for the test to mean much: {len(run.acked)}'
+    assert [t for t, at in run.acked.items() if at > run.stopped_at], 'no send in flight was acknowledged after SIGTERM'
     assert not [t for t in run.acked if stored.get(t) != 1], {t: stored.get(t) for t in run.acked if stored.get(t) != 1}
     assert not {t: n for t, n in stored.items() if n > 1}, 'stored twice'
     lost_drafts = {i: (d, composers.get(i)) for i, d in run.drafts.items() if composers.get(i) != d}
@@ -115,8 +124,9 @@ async def _accounts(data_dir: Path, secret: str, storage: str, prefix: str):
         await store.aclose()
 
 
-async def _send_and_stop(server, accounts) -> tuple[Run, float, int | None]:
-    """Tabs send (some type a draft); SIGTERM mid-load. What the tabs did, seconds to exit, the exit status."""
+async def _send_and_stop(server, accounts, database: Path) -> tuple[Run, float, int | None]:
+    """Tabs send (some type a draft); SIGTERM mid-load, with sends held up in flight. What the tabs did, seconds to
+    exit, the exit status."""
     run = Run()
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
@@ -125,6 +135,10 @@ async def _send_and_stop(server, accounts) -> tuple[Run, float, int | None]:
         await asyncio.gather(*(_opened(client, ramp) for client in clients))
         signal_at = time.monotonic() + BEFORE_STOP
         tabs = [asyncio.create_task(_tab(client, run, signal_at)) for client in clients]
+        await asyncio.sleep(max(0.0, signal_at - LOCK_BEFORE - time.monotonic()))
+        locked = threading.Event()
+        threading.Thread(target=_hold_write_lock, args=(database, locked), daemon=True).start()
+        assert locked.wait(5), 'the write lock was not taken'
         await asyncio.sleep(max(0.0, signal_at - time.monotonic()))
         run.stopped_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
@@ -136,6 +150,17 @@ async def _send_and_stop(server, accounts) -> tuple[Run, float, int | None]:
         await asyncio.wait_for(asyncio.gather(*tabs), ACK_WITHIN + 5)
         await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
     return run, seconds, status
+
+
+def _hold_write_lock(database: Path, locked: threading.Event) -> None:
+    connection = sqlite3.connect(database, timeout=10)
+    try:
+        connection.execute('BEGIN IMMEDIATE')
+        locked.set()
+        time.sleep(LOCK_BEFORE + LOCK_AFTER)
+        connection.rollback()
+    finally:
+        connection.close()
 
 
 async def _opened(client: Client, ramp: asyncio.Semaphore) -> None:
@@ -158,7 +183,7 @@ async def _tab(client: Client, run: Run, signal_at: float) -> None:
             await client.set_value('Type message here', note)
             await client.click('Send')
             await client.wait(note, own, ACK_WITHIN)
-            run.acked.add(note)  # the tab was shown its message: the clinician was told it is saved
+            run.acked[note] = time.monotonic()  # the tab was shown its message: the clinician was told it is saved
         except (Refused, TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError):
             return  # the server went away: this tab reconnects after the restart
         await asyncio.sleep(SEND_EVERY)
@@ -186,9 +211,12 @@ async def _reopen_and_resend(server, accounts) -> dict[int, str]:
                 text = composers[client.account.index]
                 if text and not text.startswith('draft '):
                     await client.connect()
-                    own = client.expect(text)
+                    # the composer is emptied once the text is stored (now, or already by a send that was not
+                    # acknowledged: then the page shows it already, and nothing else changes)
+                    emptied = f'"{page.input("Type message here")[0]}":{{'
+                    own = client.expect(emptied)
                     await client.click('Send')  # the draft's text with the draft's send id
-                    await client.wait(text, own, ACK_WITHIN)
+                    await client.wait(emptied, own, ACK_WITHIN)
 
         await asyncio.gather(*(reopen(client) for client in clients))
         await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
