@@ -10,12 +10,16 @@ process gets SIGTERM; some have typed a draft they did not send. Afterwards:
   draft, with its send id); sent again from there it is stored once;
 - every draft typed before the signal is in the stored notebook: the restarted server shows it in the tab.
 Run with NiceGUI's storage in files and in Redis (where NiceGUI's own shutdown dropped pending writes).
+
+Behind nginx (deploy/cluster, 2 instances, PostgreSQL and Redis): one instance gets SIGTERM under load; it exits 0,
+its tabs reconnect to the other and carry on writing, and every acknowledged message is stored once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import secrets
@@ -25,6 +29,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +37,15 @@ import aiohttp
 import pytest
 import redis
 import redis.asyncio as aioredis
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import casebook_server
 from bench.load import Client, Refused, Stats, _prepare
 from casebook.db import run_on_own_loop
 from tests.cluster.conftest import REDIS_URL
+from tests.cluster.test_failover import _tab as _tab_behind_nginx
+from tests.cluster.test_failover import _trails
 
 CLIENTS = 40
 DRAFT_EVERY = 4  # every 4th tab stops sending shortly before the signal and types a draft it does not send
@@ -244,3 +253,92 @@ def _delete_keys(prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+# ----- behind nginx -----------------------------------------------------------------------------------------------
+
+CLUSTER_TABS = 16
+CLUSTER_BEFORE, CLUSTER_AFTER = 4.0, 8.0  # seconds of sending before the SIGTERM, and after it
+
+
+def test_a_stopped_instance_hands_its_tabs_to_the_other(cluster, tmp_path: Path):
+    running = cluster(instances=2)
+    run_on_own_loop(lambda: _stop_one_instance(running, tmp_path))
+
+
+async def _stop_one_instance(running, tmp_path: Path) -> None:
+    secret = (running.state_dir / 'storage-secret').read_text(encoding='ascii').strip()
+    store = aioredis.from_url(REDIS_URL)
+
+    async def write_storage(storage_id: str, notebook: dict) -> None:
+        await store.set(f'{running.redis_prefix}nicegui:user-{storage_id}', json.dumps(notebook))
+
+    try:
+        accounts = await _prepare(
+            tmp_path / 'prepare',
+            CLUSTER_TABS,
+            secret,
+            True,
+            database_url=running.database_url,
+            write_storage=write_storage,
+        )
+    finally:
+        await store.aclose()
+    acked: list[str] = []
+    after: Counter[int] = Counter()  # acknowledged sends per tab after the SIGTERM
+    stopped_at: list[float] = []
+    moved: Counter[int] = Counter()  # tabs that lost their socket and loaded the page again
+    trails: dict[int, list[str]] = {account.index: [] for account in accounts}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+        clients = [Client(http, running.url, account, Stats()) for account in accounts]
+        await asyncio.gather(*(client.start(False) for client in clients))
+        stop_at = time.monotonic() + CLUSTER_BEFORE + CLUSTER_AFTER
+        tabs = [
+            asyncio.create_task(
+                _tab_behind_nginx(c, stop_at, acked, after, stopped_at, moved, trails[c.account.index], {})
+            )
+            for c in clients
+        ]
+        await asyncio.sleep(CLUSTER_BEFORE)
+        stopped_at.append(time.monotonic())
+        exit_line = await asyncio.to_thread(_sigterm_instance, running, 1)
+        await asyncio.wait_for(asyncio.gather(*tabs), CLUSTER_AFTER + 90)  # a bound, not a target
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+    stored = await _stored_in_postgres(running.database_url)
+    log = running.log(1)
+    print(
+        f'\n{exit_line}; {len(acked)} acknowledged, {len(moved)} tabs moved; instance 1 said: '
+        f'{[line for line in log.splitlines() if line.startswith(("stopping", "stopped"))]}'
+    )
+    assert 'exited with status 0' in exit_line, f'{exit_line}\n{running.report()[-6000:]}'
+    assert 'stopping on SIGTERM' in log and 'Traceback' not in log, log[-4000:]
+    assert moved, 'no tab was on the stopped instance: nothing was tested'
+    assert not [note for note in acked if stored.get(note) != 1], 'acknowledged but not stored exactly once'
+    assert all(after[c.account.index] for c in clients), (
+        f'tabs that did not write again after the stop: {sorted(set(range(CLUSTER_TABS)) - set(after))}; '
+        f'what the moved tabs went through: {_trails(trails, moved)}'
+    )
+
+
+def _sigterm_instance(running, number: int) -> str:
+    """SIGTERM to instance `number`; deploy/cluster's line saying how it exited, once there is one."""
+    pid = running.instance_pid(number)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + EXIT_WITHIN
+    pattern = re.compile(rf'^instance {number} \(pid {pid}\) exited with [^;]*', flags=re.M)
+    while not (found := pattern.search(running.output())):
+        if time.monotonic() > deadline:
+            return f'instance {number} had not exited {EXIT_WITHIN:.0f} s after SIGTERM'
+        time.sleep(0.05)
+    return found.group(0)
+
+
+async def _stored_in_postgres(database_url: str) -> dict[str, int]:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(sql('SELECT text, COUNT(*) FROM messages GROUP BY text'))).all()
+    finally:
+        await engine.dispose()
+    return {text: count for text, count in rows}
