@@ -115,6 +115,9 @@ def graceful_stop() -> Iterator[None]:
         for sig, handler in originals.items():
             signal.signal(sig, handler)
         if stopping():
+            failure = sys.exc_info()[1]
+            if failure is not None and not isinstance(failure, SystemExit):
+                log.error('the stop ran into an error', exc_info=failure)  # still exits 0: what could be done, was
             _log_end('stopped')
             # Everything is written and closed; tearing the interpreter down would free the open tabs' objects one
             # by one: 4-6 s with 300 tabs on a busy machine, where the watchdog can no longer run.
