@@ -132,7 +132,7 @@ class Database:
 
     def cancel_queued(self) -> None:
         """Units of work waiting for a database thread never start (their callers get CancelledError); those under
-        way finish in their threads. For a stopping server that gave up on them; later units get fresh threads."""
+        way go on in their threads. For a stopping server that gave up on them; later units get fresh threads."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = ThreadPoolExecutor(self._executor._max_workers, thread_name_prefix='casebook-db')

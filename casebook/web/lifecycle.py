@@ -2,9 +2,10 @@
 
 Left to themselves (uvicorn 0.54 under NiceGUI 3.18), a SIGTERM closes the listening socket and every websocket
 (close code 1012) at once, so a send whose commit was under way could no longer be acknowledged; NiceGUI's shutdown
-then cancels the event handlers still running and closes its Redis storage before cancelling the writes still
-pending (drafts lost); and uvicorn finally raises the signal again under the default handler, so the process died
-of it (exit status 143). Here, once the server runs, SIGTERM and SIGINT start `_stop` instead:
+then cancels the event handlers still running, and closes its Redis storage connections before it cancels the
+writes still pending (a draft not yet written by then would be lost); and uvicorn finally raises the signal again
+under the default handler, so the process died of it (exit status 143). Here, once the server runs, SIGTERM and
+SIGINT start `_stop` instead:
 
 1. stop listening (behind nginx, new page loads and reconnecting sockets go to the other instances);
 2. refuse new sends (the tab is told; its text stays in the box and in its draft) and wait for those in flight,
@@ -13,7 +14,8 @@ of it (exit status 143). Here, once the server runs, SIGTERM and SIGINT start `_
 4. write every pending draft, and wait until NiceGUI's storage (files or Redis) has it;
 5. hand over to uvicorn's own shutdown: it closes every websocket with 1012, which makes each tab reconnect (behind
    nginx to another instance, where the page reloads, as after a failover), then NiceGUI's shutdown handlers run
-   and the database is disposed.
+   and the database is disposed;
+6. exit 0 straight away, without tearing the interpreter down (with hundreds of tabs that alone took seconds).
 
 The whole stop is bounded: a watchdog ends the process with status 0 HARD_DEADLINE seconds after the signal,
 logging what was still under way (a database that does not answer must not keep a stopping process alive).

@@ -9,7 +9,7 @@ process gets SIGTERM; some have typed a draft they did not send. Afterwards:
 - every text typed well before the signal is either stored or back in its tab's composer after a restart (the
   draft, with its send id); sent again from there it is stored once;
 - every draft typed before the signal is in the stored notebook: the restarted server shows it in the tab.
-Run with NiceGUI's storage in files and in Redis (where NiceGUI's own shutdown dropped pending writes).
+Run with NiceGUI's storage in files and in Redis (NiceGUI's shutdown closes Redis before pending writes end).
 
 Behind nginx (deploy/cluster, 2 instances, PostgreSQL and Redis): one instance gets SIGTERM under load; it exits 0,
 its tabs reconnect to the other and carry on writing, and every acknowledged message is stored once. In a real
