@@ -145,7 +145,15 @@ class Database:
                 await connection.execute(text('SELECT pg_advisory_xact_lock(:key)'), {'key': MIGRATION_LOCK})
             await connection.run_sync(_upgrade)
 
+    def cancel_queued(self) -> None:
+        """Units of work waiting for a database thread never start (their callers get CancelledError); those under
+        way go on in their threads. For a stopping server that gave up on them; later units get fresh threads."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = ThreadPoolExecutor(self._executor._max_workers, thread_name_prefix='casebook-db')
+
     async def dispose(self) -> None:
+        self.cancel_queued()
         await self.engine.dispose()
         if self._threaded_engine is not None:
             self._threaded_engine.dispose()

@@ -13,7 +13,7 @@ from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub, RedisHub
 from casebook.services.throttle import SharedThrottle
-from casebook.web import auth, downloads, operations, runtime
+from casebook.web import auth, downloads, lifecycle, operations, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
@@ -151,11 +151,12 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     # log_config=None: uvicorn keeps the logging `casebook serve` set up (casebook/logs.py) instead of its own.
     # Warnings and up only, and no access log: request paths name patients (/export/<patient id>/…), and uvicorn
     # logs each websocket at INFO with its URL, which holds the page's client id (a secret: guard_socket_events).
-    ui.run(
-        host=host,
-        port=port,
-        uvicorn_logging_level='warning',
-        log_config=None,
-        access_log=False,
-        **run_options(settings),
-    )
+    with lifecycle.graceful_stop():  # SIGTERM/SIGINT: finish sends, write drafts, move the tabs, exit 0
+        ui.run(
+            host=host,
+            port=port,
+            uvicorn_logging_level='warning',
+            log_config=None,
+            access_log=False,
+            **run_options(settings),
+        )

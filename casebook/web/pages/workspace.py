@@ -24,7 +24,7 @@ from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
-from casebook.web import auth, runtime
+from casebook.web import auth, lifecycle, runtime
 from casebook.web.attempt import UNREACHABLE, NotDone, attempt
 from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
@@ -62,6 +62,7 @@ OPEN_TABS: weakref.WeakSet[Workspace] = weakref.WeakSet()
 def register() -> None:
     ui.page('/', title='Casebook')(workspace_page)
     app.on_shutdown(flush_all_drafts)  # registered before NiceGUI's own, which closes the notebooks' files
+    lifecycle.on_stop(flush_all_drafts)  # and on SIGTERM before the tabs are moved to another instance
 
 
 def flush_all_drafts() -> None:
@@ -269,6 +270,7 @@ class Workspace:
 
     # ----- writing ------------------------------------------------------------------------------------
 
+    @lifecycle.finish_before_stop
     async def _post(
         self, conversation: ConversationInfo, send_id: str, text: str, amends_id: int | None = None
     ) -> MessageInfo | None:
