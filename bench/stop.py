@@ -123,7 +123,8 @@ async def run_once(count: int, *, send_every: float, before: float, hold_write_l
     finally:
         await asyncio.to_thread(server.stop)
     lines = server.log_path.read_text(errors='replace').splitlines()
-    result['server_said'] = [line for line in lines if line.startswith(('stopping', 'stopped', 'exit forced'))]
+    said = ('stopping on', 'stopped in', 'exit forced')
+    result['server_said'] = [line for line in lines if any(words in line for words in said)]
     result['tracebacks'] = sum('Traceback' in line for line in lines)
     log(f'stop {count}: exit {status} after {result["signal_to_exit_s"]} s; {result["server_said"]}')
     return result
