@@ -189,6 +189,30 @@ async def postgres_admin(statement: str) -> None:
 # ----- servers ---------------------------------------------------------------------------------------------
 
 
+def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, str]:
+    """GET http://127.0.0.1:PORT/PATH: the status and body, or (0, '') when nothing answers."""
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        connection.request('GET', path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors='replace')
+    except OSError:
+        return 0, ''
+    finally:
+        connection.close()
+
+
+def terminate(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL when the process is still there after `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Server:
     """A web app in a subprocess on a free port of 127.0.0.1; its output goes to `log_path`."""
@@ -236,27 +260,12 @@ class Server:
         return self
 
     def _answers_http(self) -> bool:
-        connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=5)
-        try:
-            connection.request('GET', '/favicon.ico')
-            connection.getresponse().read()
-            return True
-        except OSError:
-            return False
-        finally:
-            connection.close()
+        return http_get(self.port, '/favicon.ico')[0] != 0
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 15 s."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, STOP_TIMEOUT)
         self.process = None
 
     def log_tail(self, lines: int = 40) -> str:

@@ -11,9 +11,7 @@ The pieces shared with tests/cluster (Chromium, `Visitor`, the app's environment
 
 from __future__ import annotations
 
-import http.client
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import http_get, terminate
 from tests.browser_support import (
     CASEBOOK,
     PASSWORD,
@@ -87,27 +86,13 @@ class Server:
             time.sleep(0.05)
 
     def _answers_http(self) -> bool:
-        connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=2)
-        try:
-            connection.request('GET', '/')
-            connection.getresponse().read()
-            return True
-        except OSError:
-            return False
-        finally:
-            connection.close()
+        return http_get(self.port, '/', timeout=2)[0] != 0
 
     def stop(self) -> None:
         """SIGTERM, then wait; SIGKILL after 10 s."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, STOP_TIMEOUT)
         self._close()
 
     def _close(self) -> None:

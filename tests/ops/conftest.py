@@ -7,9 +7,7 @@ readiness while a dependency of its own comes and goes.
 
 from __future__ import annotations
 
-import http.client
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import http_get, terminate
 from tests.browser_support import CASEBOOK, PASSWORD, casebook_env, free_port
 
 STARTUP_TIMEOUT = 30.0
@@ -56,16 +55,7 @@ class Served:
             time.sleep(0.05)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """(status, body); status 0 when nothing answers."""
-        connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=10)
-        try:
-            connection.request('GET', path, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read().decode()
-        except OSError:
-            return 0, ''
-        finally:
-            connection.close()
+        return http_get(self.port, path, headers, timeout=10)
 
     def ready(self) -> tuple[int, dict]:
         status, body = self.get('/readyz')
@@ -86,15 +76,8 @@ class Served:
         assert result.returncode == 0, result.stderr
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, STOP_TIMEOUT)
         self.process = None
 
     def output(self) -> str:
