@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import random
 import re
@@ -285,3 +286,24 @@ def new_visitor(browser) -> Iterator[Callable[[str], Visitor]]:
     """`new_visitor(cluster.url)`: a fresh browser context visiting that address; all are closed at teardown."""
     with contextlib.ExitStack() as stack:
         yield lambda base_url: stack.enter_context(visitors(browser, base_url))()
+
+
+async def signed_in_tabs(running, directory: Path, count: int) -> list:
+    """`count` clinicians with a live session each, their browsers' notebooks in the cluster's Redis: what a login
+    leaves behind, ready for bench/load.py's clients (preset sign-in)."""
+    import redis.asyncio as aioredis
+
+    from bench.load import _prepare
+
+    secret = (running.state_dir / 'storage-secret').read_text(encoding='ascii').strip()
+    store = aioredis.from_url(REDIS_URL)
+
+    async def write_storage(storage_id: str, notebook: dict) -> None:
+        await store.set(f'{running.redis_prefix}nicegui:user-{storage_id}', json.dumps(notebook))
+
+    try:
+        return await _prepare(
+            directory, count, secret, True, database_url=running.database_url, write_storage=write_storage
+        )
+    finally:
+        await store.aclose()

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as redis
 from playwright.sync_api import expect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.load import Client, Refused, Stats, _prepare
+from bench.load import Client, Refused, Stats
 from casebook.db import run_on_own_loop
-from tests.cluster.conftest import REDIS_URL
+from tests.cluster.conftest import signed_in_tabs
 
 UPSTREAM = re.compile(r'"GET / HTTP[^"]*" 200 .* upstream=([^ ]+)')
 
@@ -151,18 +150,7 @@ def test_no_acknowledged_message_is_lost_when_an_instance_is_killed_under_load(c
 
 
 async def _load_and_kill(running, tmp_path: Path) -> None:
-    secret = (running.state_dir / 'storage-secret').read_text(encoding='ascii').strip()
-    store = redis.from_url(REDIS_URL)
-
-    async def write_storage(storage_id: str, storage: dict) -> None:
-        await store.set(f'{running.redis_prefix}nicegui:user-{storage_id}', json.dumps(storage))
-
-    try:
-        accounts = await _prepare(
-            tmp_path / 'prepare', CLIENTS, secret, True, database_url=running.database_url, write_storage=write_storage
-        )
-    finally:
-        await store.aclose()
+    accounts = await signed_in_tabs(running, tmp_path / 'prepare', CLIENTS)
 
     stats = Stats()
     acked: list[str] = []

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench.common import casebook_server
 from bench.load import Client, Refused, Stats, _prepare
 from casebook.db import run_on_own_loop
-from tests.cluster.conftest import REDIS_URL
+from tests.cluster.conftest import REDIS_URL, signed_in_tabs
 from tests.cluster.test_failover import _serving_instance, _trails
 from tests.cluster.test_failover import _tab as _tab_behind_nginx
 
@@ -298,23 +298,7 @@ def test_a_stopped_instance_hands_its_tabs_to_the_other(cluster, tmp_path: Path)
 
 
 async def _stop_one_instance(running, tmp_path: Path) -> None:
-    secret = (running.state_dir / 'storage-secret').read_text(encoding='ascii').strip()
-    store = aioredis.from_url(REDIS_URL)
-
-    async def write_storage(storage_id: str, notebook: dict) -> None:
-        await store.set(f'{running.redis_prefix}nicegui:user-{storage_id}', json.dumps(notebook))
-
-    try:
-        accounts = await _prepare(
-            tmp_path / 'prepare',
-            CLUSTER_TABS,
-            secret,
-            True,
-            database_url=running.database_url,
-            write_storage=write_storage,
-        )
-    finally:
-        await store.aclose()
+    accounts = await signed_in_tabs(running, tmp_path / 'prepare', CLUSTER_TABS)
     acked: list[str] = []
     after: Counter[int] = Counter()  # acknowledged sends per tab after the SIGTERM
     stopped_at: list[float] = []
