@@ -7,10 +7,14 @@ line on stderr, and the target is left as it was.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
 import stat
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +27,7 @@ from casebook import cli
 from casebook.db import Database, run_on_own_loop
 from casebook.models import Clinician, Conversation
 from casebook.services import accounts, backup, conversations
+from tests.browser_support import CASEBOOK, casebook_env
 from tests.conftest import PASSWORD, add_clinician
 
 TABLES = [table.name for table in backup.TABLES]
@@ -410,3 +415,58 @@ async def _clinician(url: str, username: str):
             return await accounts.find_by_username(session, username)
     finally:
         await db.dispose()
+
+
+def test_backup_under_load_holds_every_acknowledged_message(database, tmp_path):
+    """`casebook backup` in its own process while a clinician keeps sending through the app's send path: every
+    message acknowledged before the command started is in the file, sends go on meanwhile, the chain verifies."""
+    seed(database.url)
+    ada = run_on_own_loop(lambda: _clinician(database.url, 'ada'))
+    acked: list[tuple[float, str]] = []  # (when acknowledged, client id)
+    stop = threading.Event()
+
+    async def keep_sending() -> None:
+        db = Database(database.url)
+        try:
+            conversation = await db.run(
+                lambda s: conversations.open_conversation_sync(s, clinician=ada, patient_id='LOAD')
+            )
+            while not stop.is_set():
+                info = await send(db, ada, conversation.id, f'load {len(acked)}')
+                acked.append((time.monotonic(), info.client_id))
+        finally:
+            await db.dispose()
+
+    writer = threading.Thread(target=lambda: asyncio.run(keep_sending()))
+    writer.start()
+    try:
+        while len(acked) < 20 and writer.is_alive():
+            time.sleep(0.01)
+        started = time.monotonic()
+        before = {client_id for _when, client_id in acked}
+        file = tmp_path / 'under-load.cbk'
+        env = {**casebook_env(tmp_path / 'data'), 'CASEBOOK_DATABASE_URL': database.url}
+        result = subprocess.run(
+            [str(CASEBOOK), 'backup', '-o', str(file)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        ended = time.monotonic()
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert sum(started < when < ended for when, _id in acked) > 0  # sends were acknowledged while it ran
+    summary = backup.check(file)
+    assert summary.audit.ok and summary.audit.rows == summary.rows['audit_events']
+    in_file = set(client_ids(file))
+    assert before <= in_file and len(in_file) == summary.rows['messages']
+
+
+def client_ids(path: Path) -> Iterator[str]:
+    """The client ids of the messages a backup holds."""
+    columns: list[str] = []
+    for line in lines_of(path):
+        value = json.loads(line)
+        if isinstance(value, dict):
+            columns = value.get('columns', []) if value.get('table') == 'messages' else []
+        elif columns:
+            yield value[columns.index('client_id')]
