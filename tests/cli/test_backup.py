@@ -470,3 +470,23 @@ def client_ids(path: Path) -> Iterator[str]:
             columns = value.get('columns', []) if value.get('table') == 'messages' else []
         elif columns:
             yield value[columns.index('client_id')]
+
+
+def test_a_chain_broken_before_the_backup_is_restored_as_it_was_and_reported(database, casebook, good_backup, tmp_path):
+    """The clinical notes are not held hostage by a trail altered at the source: restored, reported, exit 1."""
+    file = tmp_path / 'altered-trail.cbk'
+    lines = lines_of(good_backup)
+    section = lines.index(next(line for line in lines if line.startswith(b'{"table":"audit_events"')))
+    row = json.loads(lines[section + 2])
+    row[7] = 'altered'  # the detail of audit row 2, its hash left as it was
+    lines[section + 2] = (json.dumps(row, ensure_ascii=False, separators=(',', ':')) + '\n').encode()
+    rewritten(file, lines)
+    code, out, err = casebook(database.url, 'restore', '--check', str(file))
+    assert code == 1 and 'audit trail in it is broken: audit row 2: its content was changed' in err
+    code, out, err = casebook(database.url, 'restore', str(file))
+    assert code == 1 and 'the counts match' in out
+    assert (
+        err
+        == 'casebook: restored, but the audit trail was broken in the backup: audit row 2: its content was changed\n'
+    )
+    assert counts(database.url)['messages'] == 14
