@@ -95,9 +95,12 @@ def run_child(name: str, args: list[str], env: dict[str, str], cwd: Path) -> dic
         'command': f'casebook {" ".join(args)}',
         'seconds': round(seconds, 2),
         'peak_rss_mb': round(usage.ru_maxrss / 1024, 1),
+        'cpu_seconds': round(
+            usage.ru_utime + usage.ru_stime, 2
+        ),  # what contention on a shared machine does not inflate
         'output': out_path.read_text().strip(),
     }
-    log(f'{name}: {result["seconds"]} s, peak RSS {result["peak_rss_mb"]} MB')
+    log(f'{name}: {result["seconds"]} s ({result["cpu_seconds"]} s CPU), peak RSS {result["peak_rss_mb"]} MB')
     return result
 
 
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument('--no-postgres', action='store_true')
     args = parser.parse_args()
     info = {'machine': machine(), 'messages': args.messages, 'audit_rows': args.audit_rows}
+    load_at_start = os.getloadavg()
     seed = seeded(args.messages)
     source = fresh_copy(Path(seed.data_dir), 'backup-source')
     log(f'appending {args.audit_rows:,} audit rows')
@@ -136,6 +140,10 @@ def main() -> None:
         finally:
             asyncio.run(postgres_admin(f'DROP DATABASE IF EXISTS {name}'))
     info['runs'] = runs
+    info['load_average'] = {
+        'start': [round(x, 2) for x in load_at_start],
+        'end': [round(x, 2) for x in os.getloadavg()],
+    }
     info['within_budget'] = all(
         run['seconds'] <= BUDGETS['backup' if 'backup' in key else 'restore']
         and run['peak_rss_mb'] <= BUDGETS['rss_mb']
@@ -144,7 +152,9 @@ def main() -> None:
     path = write_result('backup', info)
     log(f'written {path}')
     for key, run in runs.items():
-        print(f'{key:20} {run["seconds"]:7.2f} s  peak RSS {run["peak_rss_mb"]:6.1f} MB')
+        print(
+            f'{key:20} {run["seconds"]:7.2f} s  CPU {run["cpu_seconds"]:6.2f} s  peak RSS {run["peak_rss_mb"]:6.1f} MB'
+        )
     print(f'file {info["file_mb"]} MB; within budget: {info["within_budget"]}')
 
 

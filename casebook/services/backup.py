@@ -268,19 +268,69 @@ def _line(value: Any) -> bytes:
 
 
 def _table_lines(connection: Connection, table: Table) -> Iterator[tuple[bytes, int]]:
-    """The table's rows by primary key, as JSON lines, a batch at a time (a server-side cursor on PostgreSQL)."""
-    times = [index for index, column in enumerate(COLUMNS[table.name]) if column.kind == 'time']
-    query = select(*table.columns).order_by(*table.primary_key.columns)
-    result = connection.execution_options(yield_per=BATCH).execute(query)
-    for partition in result.partitions():
-        lines = []
-        for row in partition:
-            values = list(row)
-            for index in times:
-                if values[index] is not None:
-                    values[index] = values[index].isoformat(timespec='microseconds')
-            lines.append(_ENCODE(values))
-        yield ('\n'.join(lines) + '\n').encode(), len(lines)
+    """The table's rows by primary key, as JSON lines, a batch at a time (a server-side cursor on PostgreSQL).
+
+    Straight from the driver, times formatted by the database: a row goes from cursor to JSON without a Python
+    datetime or SQLAlchemy's row processing on the way (half the CPU time of a million-message backup).
+    """
+    columns = COLUMNS[table.name]
+    postgres = connection.dialect.name == 'postgresql'
+    expressions = ', '.join(_select_expression(column, postgres=postgres) for column in columns)
+    order = ', '.join(column.name for column in table.primary_key.columns)
+    raw = connection.connection.dbapi_connection  # inside the snapshot's transaction
+    cursor = raw.cursor(name=f'casebook_backup_{table.name}') if postgres else raw.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f'SELECT {expressions} FROM {table.name} ORDER BY {order}')  # noqa: S608 (our own names)
+        while batch := cursor.fetchmany(BATCH):
+            batch = _canonical(table.name, columns, batch, postgres=postgres)
+            yield ('\n'.join(map(_ENCODE, batch)) + '\n').encode(), len(batch)
+    finally:
+        cursor.close()
+
+
+def _select_expression(column: _Column, *, postgres: bool) -> str:
+    """A column as the file spells it: times as `2026-12-03T09:00:00.123456+00:00`."""
+    name = column.name
+    if column.kind != 'time':
+        return name
+    if postgres:
+        return f'to_char({name} AT TIME ZONE \'UTC\', \'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')'
+    # SQLAlchemy stores `2026-12-03 09:00:00.123456` on SQLite (UTCDateTime: always UTC, always microseconds)
+    canonical = f"substr({name}, 1, 10) || 'T' || substr({name}, 12) || '+00:00'"
+    return f'CASE WHEN length({name}) = 26 THEN {canonical} ELSE {name} END'
+
+
+def _canonical(name: str, columns: tuple[_Column, ...], batch: list[Any], *, postgres: bool) -> list[Any]:
+    """The batch as it is, when every value is already spelled as the file wants it (the usual case); else with
+    SQLite's 0/1 booleans made true/false and times stored in another spelling made canonical."""
+    odd_times = [
+        index
+        for index, column in enumerate(columns)
+        if column.kind == 'time'
+        and not all(map(_TIME.fullmatch, [row[index] for row in batch if row[index] is not None]))
+    ]
+    bools = [] if postgres else [index for index, column in enumerate(columns) if column.kind == 'bool']
+    if not odd_times and not bools:
+        return batch
+    fixed = []
+    for row in batch:
+        values = list(row)
+        for index in bools:
+            values[index] = bool(values[index]) if values[index] is not None else None
+        for index in odd_times:
+            values[index] = _canonical_time(name, columns[index], values[index])
+        fixed.append(values)
+    return fixed
+
+
+def _canonical_time(name: str, column: _Column, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace('+00:00', ''))
+    except ValueError:
+        raise BackupError(f'{name}.{column.name} holds {str(value)[:40]!r}, which is not a time') from None
+    return moment.replace(tzinfo=UTC).isoformat(timespec='microseconds')
 
 
 # ------------------------------------------------------------------------------------------------- reading
