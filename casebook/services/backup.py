@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Boolean, Integer, Table, event, func, select, text
+from sqlalchemy import Boolean, Integer, Table, bindparam, event, func, select, text
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -151,7 +151,7 @@ COLUMNS: dict[str, tuple[_Column, ...]] = {table.name: _columns(table) for table
 # ------------------------------------------------------------------------------------------------- engines
 
 
-def _sync_engine(url: str, *, begin: str = 'BEGIN') -> Engine:
+def _sync_engine(url: str, *, begin: str = 'BEGIN', foreign_keys: bool = True) -> Engine:
     """A plain (not async) engine on the same database: sqlite3 or psycopg. On SQLite the transaction is begun by
     us (`begin`), as Python's sqlite3 would otherwise begin one only before the first write."""
     parsed = make_url(url)
@@ -162,6 +162,8 @@ def _sync_engine(url: str, *, begin: str = 'BEGIN') -> Engine:
         def _connect(dbapi_connection: Any, record: Any) -> None:
             _sqlite_pragmas(dbapi_connection, record)
             dbapi_connection.isolation_level = None  # we say when transactions begin
+            if not foreign_keys:  # a restore checks them all at its end (cannot be switched inside a transaction)
+                dbapi_connection.execute('PRAGMA foreign_keys=OFF')
 
         @event.listens_for(engine, 'begin')
         def _begin(connection: Connection) -> None:
@@ -633,7 +635,9 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
     summary = check(path, progress=progress, chain=False)  # the database's chain is verified after inserting
     try:
         migrate_blocking(url)
-        engine = _sync_engine(url, begin='BEGIN IMMEDIATE')  # SQLite: the one writer from the emptiness check on
+        engine = _sync_engine(
+            url, begin='BEGIN IMMEDIATE', foreign_keys=False
+        )  # SQLite: the one writer from the emptiness check on
         try:
             with engine.connect() as connection, connection.begin():
                 _refuse_in_use(connection)
@@ -662,18 +666,47 @@ def _insert_all(connection: Connection, path: Path, progress: Progress | None) -
     postgres = connection.dialect.name == 'postgresql'
     if not postgres:  # the unique index on (conversation, client id) is written in random order
         connection.exec_driver_sql('PRAGMA cache_size=-65536')
-    for item in _read(path, progress, 'restoring'):
-        if isinstance(item, dict):
-            continue
-        name, rows = item
-        if name == 'audit_head':
-            _set_head(connection, rows)
-        elif postgres:
-            _copy(connection, name, rows)
-        else:
-            _sqlite_insert(connection, name, rows)
+    with _foreign_keys_checked_at_the_end(connection):
+        for item in _read(path, progress, 'restoring'):
+            if isinstance(item, dict):
+                continue
+            name, rows = item
+            if name == 'audit_head':
+                _set_head(connection, rows)
+            elif postgres:
+                _copy(connection, name, rows)
+            else:
+                _sqlite_insert(connection, name, rows)
     if postgres:
         _set_sequences(connection)
+
+
+_FOREIGN_KEYS = text(
+    'SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint '
+    "WHERE contype = 'f' AND conrelid::regclass::text IN :tables ORDER BY conrelid::regclass::text, conname"
+).bindparams(bindparam('tables', expanding=True))
+
+
+@contextmanager
+def _foreign_keys_checked_at_the_end(connection: Connection) -> Iterator[None]:
+    """Foreign keys checked once for all rows instead of row by row (a third of a PostgreSQL restore's time).
+
+    PostgreSQL: the restored tables' foreign keys are dropped and added back as the catalog defines them, which
+    checks every row in one query; in the restore's transaction, so nobody sees the tables without them. SQLite:
+    the connection was opened with foreign keys off (see restore) and PRAGMA foreign_key_check runs here.
+    """
+    if connection.dialect.name != 'postgresql':
+        yield
+        if connection.exec_driver_sql('PRAGMA foreign_key_check').first() is not None:
+            raise BackupError('the backup refers to rows it does not hold; nothing was restored')
+        return
+    keys = connection.execute(_FOREIGN_KEYS, {'tables': [table.name for table in TABLES]}).all()
+    quote = connection.dialect.identifier_preparer.quote
+    for table, name, _definition in keys:
+        connection.exec_driver_sql(f'ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}')
+    yield
+    for table, name, definition in keys:
+        connection.exec_driver_sql(f'ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} {definition}')
 
 
 def _sqlite_insert(connection: Connection, name: str, rows: list[list[Any]]) -> None:

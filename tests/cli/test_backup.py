@@ -490,3 +490,35 @@ def test_a_chain_broken_before_the_backup_is_restored_as_it_was_and_reported(dat
         == 'casebook: restored, but the audit trail was broken in the backup: audit row 2: its content was changed\n'
     )
     assert counts(database.url)['messages'] == 14
+
+
+def test_rows_referring_to_missing_rows_are_refused_whole(database, casebook, good_backup, tmp_path):
+    """Foreign keys are checked once at the end of a restore (not per row): a dangling reference still undoes it."""
+    file = tmp_path / 'dangling.cbk'
+    lines = lines_of(good_backup)
+    index = next(i for i, line in enumerate(lines) if b'Mild fever' in line)
+    row = json.loads(lines[index])
+    row[1] = 999  # a conversation the file does not hold
+    lines[index] = (json.dumps(row, ensure_ascii=False, separators=(',', ':')) + '\n').encode()
+    rewritten(file, lines)
+    code, out, err = casebook(database.url, 'restore', str(file))
+    assert code == 2 and out == '' and err.count('\n') == 1 and 'nothing was restored' in err
+    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+    assert casebook(database.url, 'restore', str(good_backup))[0] == 0  # and the foreign keys are back in place
+    with pytest.raises(Exception, match=r'(?i)foreign key'):
+        run_on_own_loop(lambda: _dangling_message(database.url))
+
+
+async def _dangling_message(url: str) -> None:
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            await session.execute(
+                text(
+                    'INSERT INTO messages (conversation_id, client_id, author_id, sender_role, text, sent_at) '
+                    "VALUES (999, 'x', 1, 'doctor', 'x', '2026-01-01 00:00:00')"
+                )
+            )
+            await session.commit()
+    finally:
+        await db.dispose()
