@@ -18,11 +18,13 @@ Backup reads everything in ONE transaction (SQLite: one read transaction in WAL 
 write lock; PostgreSQL: REPEATABLE READ READ ONLY), so counts, rows and the audit chain's head are those of one
 moment while clinicians keep writing. Rows are streamed in batches: memory stays constant.
 
-Restore reads the whole file once to check it (gzip integrity, format, digest, counts, every row's shape, the
-audit chain) before it touches the target, then refuses a target that holds data, then inserts everything in
-one transaction while reading the file a second time (digest checked again before the commit), sets
-PostgreSQL's id sequences past the restored ids, and verifies the audit chain and the counts in the database
-before committing.
+Restore reads the whole file once to check it (gzip integrity, format, digest, counts, every row's shape)
+before it touches the target, then refuses a target that holds data, then, in one transaction: inserts
+everything while reading the file a second time (its digest checked again before the commit), checks the
+foreign keys once at the end (not row by row), sets PostgreSQL's id sequences past the restored ids, sets the
+audit head to the backup's, and verifies the counts and the audit chain (audit.verify_sync) before committing.
+A chain that was already broken in the backup is restored as it was and reported: the notes are not held
+hostage by an altered trail, and the break stays visible.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from sqlalchemy import Boolean, Integer, Table, bindparam, event, func, select, 
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool  # one connection, closed when done: the command exits right after
 
 from casebook.db import _sqlite_pragmas, alembic_config, migrate_blocking
 from casebook.models import (
@@ -91,10 +94,6 @@ class Summary:
     source_engine: str
     rows: dict[str, int]
     audit: audit.Verdict  # the audit chain as the file holds it
-
-    @property
-    def total(self) -> int:
-        return sum(self.rows.values())
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def _sync_engine(url: str, *, begin: str = 'BEGIN', foreign_keys: bool = True) -
     us (`begin`), as Python's sqlite3 would otherwise begin one only before the first write."""
     parsed = make_url(url)
     if parsed.get_backend_name() == 'sqlite':
-        engine = create_engine(parsed.set(drivername='sqlite+pysqlite'), poolclass=_single_pool())
+        engine = create_engine(parsed.set(drivername='sqlite+pysqlite'), poolclass=NullPool)
 
         @event.listens_for(engine, 'connect')
         def _connect(dbapi_connection: Any, record: Any) -> None:
@@ -171,14 +170,8 @@ def _sync_engine(url: str, *, begin: str = 'BEGIN', foreign_keys: bool = True) -
 
         return engine
     if parsed.get_backend_name() == 'postgresql':
-        return create_engine(parsed.set(drivername='postgresql+psycopg'), poolclass=_single_pool())
+        return create_engine(parsed.set(drivername='postgresql+psycopg'), poolclass=NullPool)
     return create_engine(parsed)
-
-
-def _single_pool():
-    from sqlalchemy.pool import NullPool
-
-    return NullPool  # one connection, closed when done: the command exits right after
 
 
 def _database_error(error: SQLAlchemyError) -> BackupError:
