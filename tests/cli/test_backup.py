@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import os
 import stat
 import subprocess
 import threading
@@ -123,6 +124,9 @@ def casebook(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Callable[..., tuple[int, str, str]]:
     """`casebook ARGS` in this process against the database at `url`: (exit status, stdout, stderr)."""
+
+    # `casebook backup` lowers its process's priority: in pytest's process that would slow every later test
+    monkeypatch.setattr(os, 'nice', lambda _increment: 0)
 
     def run(url: str, *args: str) -> tuple[int, str, str]:
         monkeypatch.setenv('CASEBOOK_DATABASE_URL', url)
@@ -330,6 +334,7 @@ def good_backup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = folder / 'clinic.cbk'
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('CASEBOOK_DATABASE_URL', url)
+        patch.setattr(os, 'nice', lambda _increment: 0)  # see the `casebook` fixture
         assert cli.main(['backup', '-o', str(path)]) == 0
     return path
 
