@@ -174,7 +174,7 @@ def _sync_engine(url: str, *, begin: str = 'BEGIN', foreign_keys: bool = True) -
     return create_engine(parsed)
 
 
-def _database_error(error: SQLAlchemyError) -> BackupError:
+def _database_error(error: Exception) -> BackupError:
     reason = str(getattr(error, 'orig', None) or error).strip().splitlines()[0]
     return BackupError(f'the database failed: {reason}')
 
@@ -638,7 +638,7 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
                 verdict = _verify(connection, summary, path)
         finally:
             engine.dispose()
-    except SQLAlchemyError as error:
+    except (SQLAlchemyError, OSError) as error:  # OSError: the async driver's refused connection, when migrating
         raise BackupError(f'{_database_error(error)}; nothing was restored') from error
     return Restored(summary, verdict)
 

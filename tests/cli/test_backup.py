@@ -527,3 +527,12 @@ async def _dangling_message(url: str) -> None:
             await session.commit()
     finally:
         await db.dispose()
+
+
+@pytest.mark.parametrize('command', ['backup', 'restore'])
+def test_an_unreachable_database_is_one_line(casebook, good_backup, tmp_path, command):
+    url = 'postgresql+asyncpg://postgres@127.0.0.1:1/casebook'  # nothing listens on port 1
+    args = ['backup', '-o', str(tmp_path / 'x.cbk')] if command == 'backup' else ['restore', str(good_backup)]
+    code, out, err = casebook(url, *args)
+    assert code == 2 and out == '' and err.startswith('casebook: the database failed: ') and err.count('\n') == 1
+    assert list(tmp_path.iterdir()) == []
