@@ -128,8 +128,7 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         print(f'audit trail intact: {summary.audit.rows} rows')
         return 0
-    settings.prepare_data_dir()
-    with _progress_bar() as bar:
+    with _progress_bar() as bar:  # the data dir is made only once the file is known to be good
         restored = backup.restore(settings.effective_database_url, args.file, progress=bar)
     print(_described(args.file, restored.summary).replace('is whole', 'was whole'))
     print(f'restored into {_where(settings)}; the counts match')

@@ -626,6 +626,9 @@ class _Chain:
 def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restored:
     """Check the whole file, migrate the (empty) target to head, restore everything in one transaction, verify."""
     summary = check(path, progress=progress, chain=False)  # the database's chain is verified after inserting
+    parsed = make_url(url)
+    if parsed.get_backend_name() == 'sqlite' and parsed.database:  # only now that the file is known to be good
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         migrate_blocking(url)
         engine = _sync_engine(
