@@ -322,10 +322,11 @@ def _canonical_time(name: str, column: _Column, value: Any) -> str | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(str(value).replace('+00:00', ''))
+        moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise BackupError(f'{name}.{column.name} holds {str(value)[:40]!r}, which is not a time') from None
-    return moment.replace(tzinfo=UTC).isoformat(timespec='microseconds')
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)  # naive: UTC as stored
+    return moment.isoformat(timespec='microseconds')
 
 
 # ------------------------------------------------------------------------------------------------- reading

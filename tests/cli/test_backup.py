@@ -464,6 +464,12 @@ def test_backup_under_load_holds_every_acknowledged_message(database, tmp_path):
     assert summary.audit.ok and summary.audit.rows == summary.rows['audit_events']
     in_file = set(client_ids(file))
     assert before <= in_file and len(in_file) == summary.rows['messages']
+    target = f'sqlite+aiosqlite:///{tmp_path / "restored" / "casebook.sqlite3"}'  # the disk is lost: restore
+    assert backup.restore(target, file).audit.ok
+    engine = create_engine(sync_url(target))
+    with engine.connect() as connection:
+        assert before <= set(connection.scalars(text('SELECT client_id FROM messages')))
+    engine.dispose()
 
 
 def client_ids(path: Path) -> Iterator[str]:
@@ -536,3 +542,18 @@ def test_an_unreachable_database_is_one_line(casebook, good_backup, tmp_path, co
     code, out, err = casebook(url, *args)
     assert code == 2 and out == '' and err.startswith('casebook: the database failed: ') and err.count('\n') == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_times_stored_in_another_spelling_are_written_canonical(fresh, casebook, tmp_path):
+    """A row written outside the app (`2026-01-01 09:00:00`, no microseconds) still makes a restorable backup."""
+    source = fresh('sqlite', 'source')
+    seed(source)
+    engine = create_engine(sync_url(source))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE conversations SET created_at = '2026-01-01 09:00:00' WHERE id = 1"))
+    engine.dispose()
+    file = tmp_path / 'odd.cbk'
+    backup_to(casebook, source, file)
+    assert b'"2026-01-01T09:00:00.000000+00:00"' in gzip.decompress(file.read_bytes())
+    code, _out, err = casebook(fresh('sqlite', 'target'), 'restore', str(file))
+    assert (code, err) == (0, '')
