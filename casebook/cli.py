@@ -162,7 +162,8 @@ def _described(path: Path, summary) -> str:
 
 
 def _rows(rows: dict[str, int]) -> str:
-    return ', '.join(f'{count:,} {name.replace("_", " ")}' for name, count in rows.items())
+    """`clinicians 2, messages 1,000,000, …`: table names, which read right whatever the count."""
+    return ', '.join(f'{name.replace("_", " ")} {count:,}' for name, count in rows.items())
 
 
 def _size(size: int) -> str:

@@ -190,7 +190,8 @@ def test_round_trip_keeps_everything_seen(fresh, casebook, tmp_path, source_engi
     before = counts(source)
     file = tmp_path / 'clinic.cbk'
     out = backup_to(casebook, source, file)
-    assert out.startswith(f'wrote {file} (') and f'{before["messages"]} messages' in out and '1 entered in error' in out
+    assert out.startswith(f'wrote {file} (')
+    assert f'messages {before["messages"]}, entered in error 1, audit events {before["audit_events"]}' in out
     assert stat.S_IMODE(file.stat().st_mode) == 0o600  # password hashes and patient data
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no temporary file left
 
@@ -230,7 +231,7 @@ def test_check_shows_what_a_file_holds_and_writes_nothing(fresh, casebook, tmp_p
     target = fresh('sqlite', 'target')
     code, out, err = casebook(target, 'restore', '--check', str(file))
     assert (code, err) == (0, '')
-    held = '1 installation, 2 clinicians, 3 conversations, 14 messages, 1 entered in error, 15 audit events'
+    held = 'installation 1, clinicians 2, conversations 3, messages 14, entered in error 1, audit events 15'
     assert out.startswith(f'{file} is whole: {held}')
     assert 'audit trail intact: 15 rows' in out
     assert not make_url(target).database or not Path(make_url(target).database).exists()
