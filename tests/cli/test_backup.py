@@ -304,6 +304,14 @@ def newer_format(path: Path) -> None:
     rewritten(path, lines)
 
 
+def newer_schema(path: Path) -> None:
+    lines = lines_of(path)
+    header = json.loads(lines[0])
+    header['schema_revision'] = '9999'  # a migration this Casebook does not have
+    lines[0] = (json.dumps(header) + '\n').encode()
+    rewritten(path, lines)
+
+
 def foreign_file(path: Path) -> None:
     conversation = {'format': 'casebook.conversation.v1', 'patient_id': 'PAT1', 'messages': []}
     path.write_bytes(gzip.compress(json.dumps(conversation).encode() + b'\n'))
@@ -321,6 +329,7 @@ DAMAGES = {
     'a row removed': (remove_a_message, 'row counts do not match'),
     'a malformed row': (malform_a_row, 'messages.id holds a value'),
     'a newer format': (newer_format, 'made by a newer Casebook (format casebook.backup.v2)'),
+    'a newer schema': (newer_schema, "made by a newer Casebook (schema revision '9999')"),
     'a foreign file': (foreign_file, 'not a Casebook backup'),
     'not gzip': (not_gzip, 'damaged or truncated'),
 }
