@@ -64,6 +64,7 @@ ACTIONS = (
     ADMIN_CHANGE_ROLE,
     ADMIN_AUDIT_EXPORT,
 )
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode  # built once: hashed per row
 CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash')
 
 
@@ -129,7 +130,7 @@ def _middle(at: datetime, entry: Entry) -> str:
         entry.address,
         entry.detail,
     ]
-    return json.dumps(fields, ensure_ascii=False, separators=(',', ':'))[1:-1]
+    return _COMPACT_JSON(fields)[1:-1]
 
 
 def row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
@@ -306,8 +307,10 @@ def _to_row(event: AuditEvent) -> Row:
 def verify_sync(session: Session) -> Verdict:
     """Walk the whole chain, oldest first, in constant memory; the first row that does not fit is named."""
     expected_seq, prev_hash, count = 1, GENESIS, 0
-    for event in session.scalars(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=2000)):
-        row = _to_row(event)
+    # plain rows, not ORM objects: a restored million-row trail is verified in seconds, not half a minute
+    query = select(*_EVENTS.c).order_by(_EVENTS.c.seq).execution_options(yield_per=2000)
+    for values in session.execute(query):
+        row = Row(*values)
         if row.seq != expected_seq:
             what = 'is missing' if row.seq > expected_seq else 'appears twice or out of order'
             return Verdict(False, count, f'audit row {expected_seq} {what} (found row {row.seq} next)')
@@ -322,7 +325,6 @@ def verify_sync(session: Session) -> Verdict:
         if row_hash(row.seq, row.at, entry, row.prev_hash) != row.hash:
             return Verdict(False, count, f'audit row {row.seq}: its content was changed')
         expected_seq, prev_hash, count = row.seq + 1, row.hash, count + 1
-        session.expunge(event)
     head = session.get(AuditHead, 1)
     if head is None:
         return Verdict(False, count, 'the audit chain head is missing')

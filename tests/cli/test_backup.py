@@ -1,0 +1,569 @@
+"""`casebook backup` and `casebook restore` as an operator types them, on real databases of both engines.
+
+The round trips compare what a clinician and an auditor see: the same row counts, the same `casebook export`
+of every conversation, and `casebook audit verify` passing. Damaged and foreign files are refused whole, with one
+line on stderr, and the target is left as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from casebook import cli
+from casebook.db import Database, run_on_own_loop
+from casebook.models import Clinician, Conversation
+from casebook.services import accounts, backup, conversations
+from tests.browser_support import CASEBOOK, casebook_env
+from tests.conftest import PASSWORD, add_clinician
+
+TABLES = [table.name for table in backup.TABLES]
+TEXTS = [
+    'Mild fever for 3 days',
+    '<img src=x onerror=alert(1)> and "quotes", \\backslashes\\ and\nnew lines',
+    'مرحبا — right to left, emoji 🩺, zero\u200bwidth',
+    'x' * 10_000,
+]
+
+
+# ----- helpers --------------------------------------------------------------------------------------------------
+
+
+def sync_url(url: str) -> str:
+    parsed = make_url(url)
+    driver = 'sqlite+pysqlite' if parsed.get_backend_name() == 'sqlite' else 'postgresql+psycopg'
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def counts(url: str) -> dict[str, int]:
+    """Rows per backed-up table, read with a plain engine of the test's own."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            return {name: connection.scalar(text(f'SELECT count(*) FROM {name}')) for name in TABLES}  # noqa: S608
+    finally:
+        engine.dispose()
+
+
+def conversations_of(url: str) -> list[tuple[str, str]]:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            query = select(Clinician.username, Conversation.patient_id).join(
+                Conversation, Conversation.clinician_id == Clinician.id
+            )
+            return sorted(tuple(row) for row in connection.execute(query))
+    finally:
+        engine.dispose()
+
+
+def seed(url: str) -> None:
+    """Two clinicians writing through the app's own send path: plain messages, hostile text, a correction, a mark."""
+
+    async def work() -> None:
+        db = Database(url)
+        try:
+            await db.migrate()
+            ada = await add_clinician(db, 'ada', display_name='Dr. Ada')
+            bob = await add_clinician(db, 'bob', display_name='Nurse Bob', role='nurse')
+            for clinician, patient in [(ada, 'PAT1'), (ada, 'PAT2'), (bob, 'PAT1')]:
+                await send_all(db, clinician, patient, TEXTS)
+            conversation = await db.run(
+                lambda s: conversations.open_conversation_sync(s, clinician=ada, patient_id='PAT1')
+            )
+            first = await send(db, ada, conversation.id, 'Temp 39.4')
+            await send(db, ada, conversation.id, 'Temp 38.4', amends_id=first.id)
+            async with db.session() as session:
+                await conversations.mark_entered_in_error(
+                    session, clinician=ada, conversation_id=conversation.id, message_id=first.id
+                )
+        finally:
+            await db.dispose()
+
+    run_on_own_loop(work)
+
+
+async def send(db: Database, clinician, conversation_id: int, message: str, amends_id: int | None = None):
+    info, _new = await db.run(
+        lambda s: conversations.post_message_sync(
+            s,
+            clinician=clinician,
+            conversation_id=conversation_id,
+            client_id=str(uuid.uuid4()),
+            text=message,
+            amends_id=amends_id,
+        )
+    )
+    return info
+
+
+async def send_all(db: Database, clinician, patient: str, texts: list[str]) -> None:
+    conversation = await db.run(
+        lambda s: conversations.open_conversation_sync(s, clinician=clinician, patient_id=patient)
+    )
+    for message in texts:
+        await send(db, clinician, conversation.id, message)
+
+
+@pytest.fixture
+def casebook(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """`casebook ARGS` in this process against the database at `url`: (exit status, stdout, stderr)."""
+
+    # `casebook backup` lowers its process's priority: in pytest's process that would slow every later test
+    monkeypatch.setattr(os, 'nice', lambda _increment: 0)
+
+    def run(url: str, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv('CASEBOOK_DATABASE_URL', url)
+        capsys.readouterr()
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
+    """Makes an empty database on either engine, by name: SQLite not even created yet, PostgreSQL migrated."""
+    taken: list[str] = []
+
+    def make(engine: str, name: str) -> str:
+        if engine == 'sqlite':
+            (tmp_path / name).mkdir()
+            return f'sqlite+aiosqlite:///{tmp_path / name / "casebook.sqlite3"}'
+        server = request.getfixturevalue('postgres_server')
+        taken.append(run_on_own_loop(server.take))
+        return server.url(taken[-1])
+
+    yield make
+    if taken:
+        request.getfixturevalue('postgres_server').drop_soon(*taken)
+
+
+def assert_same_as_seen(casebook, source: str, target: str) -> None:
+    """What people see is the same: every conversation's export, and the audit chain verifies."""
+    pairs = conversations_of(source)
+    assert pairs == conversations_of(target) and len(pairs) == 3
+    for username, patient in pairs:
+        exports = [
+            casebook(url, 'export', '--user', username, '--patient', patient, '--format', 'json')
+            for url in (source, target)
+        ]
+        assert exports[0][0] == 0 and exports[0] == exports[1]
+        assert json.loads(exports[1][1])['messages'][-1]['text']
+    code, out, _err = casebook(target, 'audit', 'verify')
+    assert code == 0 and out.startswith('audit trail intact')
+
+
+def backup_to(casebook, url: str, path: Path) -> str:
+    code, out, err = casebook(url, 'backup', '-o', str(path))
+    assert code == 0, err
+    return out
+
+
+# ----- round trips -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('source_engine', 'target_engine'),
+    [('sqlite', 'sqlite'), ('postgresql', 'postgresql'), ('sqlite', 'postgresql'), ('postgresql', 'sqlite')],
+)
+def test_round_trip_keeps_everything_seen(fresh, casebook, tmp_path, source_engine, target_engine):
+    source, target = fresh(source_engine, 'source'), fresh(target_engine, 'target')
+    seed(source)
+    before = counts(source)
+    file = tmp_path / 'clinic.cbk'
+    out = backup_to(casebook, source, file)
+    assert out.startswith(f'wrote {file} (')
+    assert f'messages {before["messages"]}, entered in error 1, audit events {before["audit_events"]}' in out
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600  # password hashes and patient data
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no temporary file left
+
+    code, out, err = casebook(target, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert 'the counts match' in out and f'audit trail intact: {before["audit_events"]} rows' in out
+    assert 'everyone signs in again' in out
+    assert counts(target) == before
+    assert_same_as_seen(casebook, source, target)
+    check_new_rows_get_new_ids(target)
+
+
+def check_new_rows_get_new_ids(url: str) -> None:
+    """After a restore the app writes on: the old password works, and new accounts, conversations and messages
+    get ids past the restored ones (PostgreSQL's sequences were moved) and extend the chain."""
+
+    async def work() -> None:
+        db = Database(url)
+        try:
+            async with db.session() as session:
+                ada = await accounts.authenticate(session, username='ada', password=PASSWORD)
+            assert ada is not None and ada.display_name == 'Dr. Ada'
+            carol = await add_clinician(db, 'carol')
+            assert carol.id == 3
+            await send_all(db, carol, 'PAT9', ['after the restore'])
+        finally:
+            await db.dispose()
+
+    run_on_own_loop(work)
+
+
+def test_check_shows_what_a_file_holds_and_writes_nothing(fresh, casebook, tmp_path):
+    source = fresh('sqlite', 'source')
+    seed(source)
+    file = tmp_path / 'clinic.cbk'
+    backup_to(casebook, source, file)
+    target = fresh('sqlite', 'target')
+    code, out, err = casebook(target, 'restore', '--check', str(file))
+    assert (code, err) == (0, '')
+    held = 'installation 1, clinicians 2, conversations 3, messages 14, entered in error 1, audit events 15'
+    assert out.startswith(f'{file} is whole: {held}')
+    assert 'audit trail intact: 15 rows' in out
+    assert not make_url(target).database or not Path(make_url(target).database).exists()
+
+
+def test_backup_of_a_missing_database_is_refused(casebook, tmp_path):
+    url = f'sqlite+aiosqlite:///{tmp_path / "nowhere" / "casebook.sqlite3"}'
+    code, _out, err = casebook(url, 'backup', '-o', str(tmp_path / 'x.cbk'))
+    assert code == 2 and err.startswith('casebook: there is no database at') and err.count('\n') == 1
+    assert not (tmp_path / 'x.cbk').exists()
+
+
+# ----- damaged, foreign and newer files ----------------------------------------------------------------------------
+
+
+def lines_of(path: Path) -> list[bytes]:
+    with gzip.open(path, 'rb') as source:
+        return source.readlines()
+
+
+def rewritten(path: Path, lines: list[bytes], *, fix_digest: bool = True) -> None:
+    """Write `lines` as a backup file, its trailer's digest made to fit (so only the change itself is wrong)."""
+    if fix_digest:
+        trailer = json.loads(lines[-1])
+        trailer['end']['sha256'] = hashlib.sha256(b''.join(lines[:-1])).hexdigest()
+        lines = [*lines[:-1], (json.dumps(trailer) + '\n').encode()]
+    path.write_bytes(gzip.compress(b''.join(lines)))
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def drop_the_trailer(path: Path) -> None:
+    rewritten(path, lines_of(path)[:-1], fix_digest=False)
+
+
+def change_a_message(path: Path) -> None:
+    lines = lines_of(path)
+    index = next(i for i, line in enumerate(lines) if b'Mild fever' in line)
+    lines[index] = lines[index].replace(b'Mild fever', b'Mild feves')
+    rewritten(path, lines, fix_digest=False)
+
+
+def remove_a_message(path: Path) -> None:
+    lines = lines_of(path)
+    index = next(i for i, line in enumerate(lines) if b'Mild fever' in line)
+    rewritten(path, lines[:index] + lines[index + 1 :])
+
+
+def malform_a_row(path: Path) -> None:
+    lines = lines_of(path)
+    index = next(i for i, line in enumerate(lines) if b'Mild fever' in line)
+    row = json.loads(lines[index])
+    row[0] = str(row[0])  # the id as text
+    lines[index] = (json.dumps(row) + '\n').encode()
+    rewritten(path, lines)
+
+
+def newer_format(path: Path) -> None:
+    lines = lines_of(path)
+    lines[0] = lines[0].replace(b'casebook.backup.v1', b'casebook.backup.v2')
+    rewritten(path, lines)
+
+
+def newer_schema(path: Path) -> None:
+    lines = lines_of(path)
+    header = json.loads(lines[0])
+    header['schema_revision'] = '9999'  # a migration this Casebook does not have
+    lines[0] = (json.dumps(header) + '\n').encode()
+    rewritten(path, lines)
+
+
+def foreign_file(path: Path) -> None:
+    conversation = {'format': 'casebook.conversation.v1', 'patient_id': 'PAT1', 'messages': []}
+    path.write_bytes(gzip.compress(json.dumps(conversation).encode() + b'\n'))
+
+
+def not_gzip(path: Path) -> None:
+    path.write_text('{"format": "casebook.backup.v1"}\n')
+
+
+DAMAGES = {
+    'one byte flipped': (flip_a_byte, 'damaged or truncated'),
+    'truncated': (truncate, 'damaged or truncated'),
+    'no trailer': (drop_the_trailer, 'ends before its trailer (truncated)'),
+    'content changed': (change_a_message, 'does not match its SHA-256'),
+    'a row removed': (remove_a_message, 'row counts do not match'),
+    'a malformed row': (malform_a_row, 'messages.id holds a value'),
+    'a newer format': (newer_format, 'made by a newer Casebook (format casebook.backup.v2)'),
+    'a newer schema': (newer_schema, "made by a newer Casebook (schema revision '9999')"),
+    'a foreign file': (foreign_file, 'not a Casebook backup'),
+    'not gzip': (not_gzip, 'damaged or truncated'),
+}
+
+
+@pytest.fixture(scope='module')
+def good_backup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One backup of a seeded SQLite database, shared by the damage tests (each damages a copy)."""
+    folder = tmp_path_factory.mktemp('good')
+    url = f'sqlite+aiosqlite:///{folder / "casebook.sqlite3"}'
+    seed(url)
+    path = folder / 'clinic.cbk'
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('CASEBOOK_DATABASE_URL', url)
+        patch.setattr(os, 'nice', lambda _increment: 0)  # see the `casebook` fixture
+        assert cli.main(['backup', '-o', str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_a_damaged_or_foreign_file_is_refused_whole(database, casebook, good_backup, tmp_path, damage):
+    break_it, message = DAMAGES[damage]
+    file = tmp_path / 'damaged.cbk'
+    file.write_bytes(good_backup.read_bytes())
+    break_it(file)
+    before = counts(database.url)
+    for args in (['restore', '--check', str(file)], ['restore', str(file)]):
+        code, out, err = casebook(database.url, *args)
+        assert code == 2 and out == ''
+        assert err.startswith(f'casebook: {file}: ') and err.count('\n') == 1, err
+        assert message in err
+    assert counts(database.url) == before == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+
+
+def test_a_target_in_use_is_refused_and_left_as_it_was(database, casebook, good_backup):
+    seed(database.url)
+    before = counts(database.url)
+    code, out, err = casebook(database.url, 'restore', str(good_backup))
+    assert code == 2 and out == '' and err.count('\n') == 1
+    assert err.startswith('casebook: the target database is not empty (installation 1, clinicians 2, ')
+    assert counts(database.url) == before
+    assert casebook(database.url, 'audit', 'verify')[0] == 0
+
+
+def test_the_file_is_checked_again_while_restoring(database, good_backup, tmp_path, monkeypatch):
+    """A file changed after the check but before the restore read it again: the restore rolls back whole."""
+    file = tmp_path / 'changing.cbk'
+    file.write_bytes(good_backup.read_bytes())
+    check = backup.check
+
+    def check_then_change(path, **kwargs):
+        summary = check(path, **kwargs)
+        change_a_message(file)
+        return summary
+
+    monkeypatch.setattr(backup, 'check', check_then_change)
+    with pytest.raises(backup.BackupError, match='does not match its SHA-256'):
+        backup.restore(database.url, file)
+    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+
+
+# ----- one transaction's view -----------------------------------------------------------------------------------
+
+
+def test_backup_is_one_moment_and_lets_sends_through(database, tmp_path):
+    """A send committed while the backup is reading (after its first rows) is not waited for, and not in the file:
+    counts, rows and the audit chain's head are all of the moment the backup began."""
+    seed(database.url)
+    ada = run_on_own_loop(lambda: _clinician(database.url, 'ada'))
+    sent: list[str] = []
+
+    def send_during_backup(phase: str, done: int, total: int) -> None:
+        if not sent:  # inside the backup's transaction: the installation row is read, the messages are not yet
+            sent.append('during the backup')
+
+            async def write() -> None:
+                db = Database(database.url)
+                try:
+                    await send_all(db, ada, 'PAT1', sent)
+                finally:
+                    await db.dispose()
+
+            run_on_own_loop(write)  # would time out (SQLite busy) or block (PostgreSQL) if the backup held a lock
+
+    file = tmp_path / 'moment.cbk'
+    with file.open('wb') as output:
+        summary = backup.backup(database.url, output, progress=send_during_backup)
+    assert sent and counts(database.url)['messages'] == summary.rows['messages'] + 1
+    checked = backup.check(file)
+    assert checked.rows == summary.rows and checked.audit.ok and checked.audit.rows == summary.rows['audit_events']
+    assert b'during the backup' not in gzip.decompress(file.read_bytes())
+
+
+async def _clinician(url: str, username: str):
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            return await accounts.find_by_username(session, username)
+    finally:
+        await db.dispose()
+
+
+def test_backup_under_load_holds_every_acknowledged_message(database, tmp_path):
+    """`casebook backup` in its own process while a clinician keeps sending through the app's send path: every
+    message acknowledged before the command started is in the file, sends go on meanwhile, the chain verifies."""
+    seed(database.url)
+    ada = run_on_own_loop(lambda: _clinician(database.url, 'ada'))
+    acked: list[tuple[float, str]] = []  # (when acknowledged, client id)
+    stop = threading.Event()
+
+    async def keep_sending() -> None:
+        db = Database(database.url)
+        try:
+            conversation = await db.run(
+                lambda s: conversations.open_conversation_sync(s, clinician=ada, patient_id='LOAD')
+            )
+            while not stop.is_set():
+                info = await send(db, ada, conversation.id, f'load {len(acked)}')
+                acked.append((time.monotonic(), info.client_id))
+        finally:
+            await db.dispose()
+
+    writer = threading.Thread(target=lambda: asyncio.run(keep_sending()))
+    writer.start()
+    try:
+        while len(acked) < 20 and writer.is_alive():
+            time.sleep(0.01)
+        started = time.monotonic()
+        before = {client_id for _when, client_id in acked}
+        file = tmp_path / 'under-load.cbk'
+        env = {**casebook_env(tmp_path / 'data'), 'CASEBOOK_DATABASE_URL': database.url}
+        result = subprocess.run(
+            [str(CASEBOOK), 'backup', '-o', str(file)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        ended = time.monotonic()
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert sum(started < when < ended for when, _id in acked) > 0  # sends were acknowledged while it ran
+    summary = backup.check(file)
+    assert summary.audit.ok and summary.audit.rows == summary.rows['audit_events']
+    in_file = set(client_ids(file))
+    assert before <= in_file and len(in_file) == summary.rows['messages']
+    target = f'sqlite+aiosqlite:///{tmp_path / "restored" / "casebook.sqlite3"}'  # the disk is lost: restore
+    assert backup.restore(target, file).audit.ok
+    engine = create_engine(sync_url(target))
+    with engine.connect() as connection:
+        assert before <= set(connection.scalars(text('SELECT client_id FROM messages')))
+    engine.dispose()
+
+
+def client_ids(path: Path) -> Iterator[str]:
+    """The client ids of the messages a backup holds."""
+    columns: list[str] = []
+    for line in lines_of(path):
+        value = json.loads(line)
+        if isinstance(value, dict):
+            columns = value.get('columns', []) if value.get('table') == 'messages' else []
+        elif columns:
+            yield value[columns.index('client_id')]
+
+
+def test_a_chain_broken_before_the_backup_is_restored_as_it_was_and_reported(database, casebook, good_backup, tmp_path):
+    """The clinical notes are not held hostage by a trail altered at the source: restored, reported, exit 1."""
+    file = tmp_path / 'altered-trail.cbk'
+    lines = lines_of(good_backup)
+    section = lines.index(next(line for line in lines if line.startswith(b'{"table":"audit_events"')))
+    row = json.loads(lines[section + 2])
+    row[7] = 'altered'  # the detail of audit row 2, its hash left as it was
+    lines[section + 2] = (json.dumps(row, ensure_ascii=False, separators=(',', ':')) + '\n').encode()
+    rewritten(file, lines)
+    code, out, err = casebook(database.url, 'restore', '--check', str(file))
+    assert code == 1 and 'audit trail in it is broken: audit row 2: its content was changed' in err
+    code, out, err = casebook(database.url, 'restore', str(file))
+    assert code == 1 and 'the counts match' in out
+    assert (
+        err
+        == 'casebook: restored, but the audit trail was broken in the backup: audit row 2: its content was changed\n'
+    )
+    assert counts(database.url)['messages'] == 14
+
+
+def test_rows_referring_to_missing_rows_are_refused_whole(database, casebook, good_backup, tmp_path):
+    """Foreign keys are checked once at the end of a restore (not per row): a dangling reference still undoes it."""
+    file = tmp_path / 'dangling.cbk'
+    lines = lines_of(good_backup)
+    index = next(i for i, line in enumerate(lines) if b'Mild fever' in line)
+    row = json.loads(lines[index])
+    row[1] = 999  # a conversation the file does not hold
+    lines[index] = (json.dumps(row, ensure_ascii=False, separators=(',', ':')) + '\n').encode()
+    rewritten(file, lines)
+    code, out, err = casebook(database.url, 'restore', str(file))
+    assert code == 2 and out == '' and err.count('\n') == 1 and 'nothing was restored' in err
+    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+    assert casebook(database.url, 'restore', str(good_backup))[0] == 0  # and the foreign keys are back in place
+    with pytest.raises(Exception, match=r'(?i)foreign key'):
+        run_on_own_loop(lambda: _dangling_message(database.url))
+
+
+async def _dangling_message(url: str) -> None:
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            await session.execute(
+                text(
+                    'INSERT INTO messages (conversation_id, client_id, author_id, sender_role, text, sent_at) '
+                    "VALUES (999, 'x', 1, 'doctor', 'x', '2026-01-01 00:00:00')"
+                )
+            )
+            await session.commit()
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize('command', ['backup', 'restore'])
+def test_an_unreachable_database_is_one_line(casebook, good_backup, tmp_path, command):
+    url = 'postgresql+asyncpg://postgres@127.0.0.1:1/casebook'  # nothing listens on port 1
+    args = ['backup', '-o', str(tmp_path / 'x.cbk')] if command == 'backup' else ['restore', str(good_backup)]
+    code, out, err = casebook(url, *args)
+    assert code == 2 and out == '' and err.startswith('casebook: the database failed: ') and err.count('\n') == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_times_stored_in_another_spelling_are_written_canonical(fresh, casebook, tmp_path):
+    """A row written outside the app (`2026-01-01 09:00:00`, no microseconds) still makes a restorable backup."""
+    source = fresh('sqlite', 'source')
+    seed(source)
+    engine = create_engine(sync_url(source))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE conversations SET created_at = '2026-01-01 09:00:00' WHERE id = 1"))
+    engine.dispose()
+    file = tmp_path / 'odd.cbk'
+    backup_to(casebook, source, file)
+    assert b'"2026-01-01T09:00:00.000000+00:00"' in gzip.decompress(file.read_bytes())
+    code, _out, err = casebook(fresh('sqlite', 'target'), 'restore', str(file))
+    assert (code, err) == (0, '')
