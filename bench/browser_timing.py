@@ -12,7 +12,6 @@ The baseline (bench/baseline_lesson.py) is measured the same way at its own size
     .venv/bin/python bench/browser_timing.py                          # 0, 10k, 100k, 1M; baseline 1k, 5k, 20k
     .venv/bin/python bench/browser_timing.py --sizes 0 100000 --baseline-sizes 1000 --sends 30
     .venv/bin/python bench/browser_timing.py --profile 100000         # py-spy on the server during the sends
-    .venv/bin/python bench/browser_timing.py --sizes 1000000 --baseline-sizes --no-floor --during-backup
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import json
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -38,7 +36,6 @@ from bench.baseline_lesson import message_text as lesson_text
 from bench.baseline_lesson import seed_storage
 from bench.common import (
     BENCH,
-    CASEBOOK,
     DISPLAY_NAME,
     PASSWORD,
     RESULTS,
@@ -254,14 +251,7 @@ def _reload_timed(page, newest: str) -> float | None:
 
 
 def measure_casebook(
-    browser,
-    messages: int,
-    *,
-    sends: int,
-    open_repeats: int,
-    profile: bool = False,
-    trace: bool = False,
-    during_backup: bool = False,
+    browser, messages: int, *, sends: int, open_repeats: int, profile: bool = False, trace: bool = False
 ) -> dict:
     info = seed.seeded(messages)
     data_dir = fresh_copy(Path(info.data_dir), f'casebook-{messages}')
@@ -311,12 +301,9 @@ def measure_casebook(
                 profile_path = RESULTS / f'profile-casebook-{messages}.txt'
                 spy = start_profile(server.pid, sends * 0.35 + 5, profile_path)
                 time.sleep(1)  # py-spy attaches
-            backup = _start_backup(data_dir) if during_backup else None
             started = time.perf_counter()
             timed = _sends(page, sends, f'casebook-{messages}', TIMEOUT_MS)
             wall = time.perf_counter() - started
-            if backup is not None:
-                result['backup'] = _finish_backup(backup, started)
             if trace_path is not None:
                 result['trace'] = trace_summary(trace_path, started, started + wall, sends)
             after = Snapshot(server.pid, data_dir)
@@ -345,39 +332,6 @@ def measure_casebook(
     shutil.rmtree(data_dir, ignore_errors=True)
     log(f'casebook at {messages:,}: send median {result["send_ms"]["median"]} ms, p95 {result["send_ms"]["p95"]} ms')
     return result
-
-
-def _start_backup(data_dir: Path) -> tuple[subprocess.Popen, Path, float]:
-    """`casebook backup` of the served data dir, in a process of its own (as an operator runs it), started a
-    moment before the timed sends so that they all happen while it reads."""
-    target = data_dir.parent / f'{data_dir.name}-during-sends.cbk'
-    process = subprocess.Popen(
-        [str(CASEBOOK), 'backup', '-o', str(target)],
-        env=clean_env(CASEBOOK_DATA_DIR=str(data_dir)),
-        cwd=data_dir.parent,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    started = time.perf_counter()
-    time.sleep(1)
-    return process, target, started
-
-
-def _finish_backup(backup: tuple[subprocess.Popen, Path, float], sends_started: float) -> dict:
-    process, target, started = backup
-    running_throughout = process.poll() is None  # still reading when the last timed send was seen
-    _, stderr = process.communicate(timeout=600)
-    finished = {
-        'exit_status': process.returncode,
-        'seconds': round(time.perf_counter() - started, 1),
-        'running_throughout_the_sends': running_throughout,
-        'started_before_the_sends_s': round(sends_started - started, 2),
-        'bytes': target.stat().st_size if target.exists() else 0,
-        'stderr': stderr.decode(errors='replace').strip()[-300:],
-    }
-    target.unlink(missing_ok=True)
-    return finished
 
 
 # ----- the lesson's baseline ----------------------------------------------------------------------------------
@@ -511,7 +465,6 @@ def run(
     trace_size=None,
     floor=True,
     floor_shown=(0, 50),
-    during_backup=False,
 ) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -541,7 +494,6 @@ def run(
                             open_repeats=open_repeats,
                             profile=size == profile_size,
                             trace=size == trace_size,
-                            during_backup=during_backup,
                         ),
                     )
                 )
@@ -602,9 +554,6 @@ def main() -> None:
     parser.add_argument(
         '--floor-shown', type=int, nargs='+', default=[0, 50], help='labels on the trivial page before the sends'
     )
-    parser.add_argument(
-        '--during-backup', action='store_true', help='time the sends while `casebook backup` reads the database'
-    )
     parser.add_argument('--name', default='browser_timing', help='results file bench/results/NAME.json')
     args = parser.parse_args()
     results = run(
@@ -617,7 +566,6 @@ def main() -> None:
         trace_size=args.trace,
         floor=not args.no_floor,
         floor_shown=args.floor_shown,
-        during_backup=args.during_backup,
     )
     path = write_result(args.name, results)
     print(table(results))
