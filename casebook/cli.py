@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
     dump = commands.add_parser('backup', help='write a consistent backup of the whole database, while it is in use')
     dump.add_argument('-o', '--output', type=Path, help='the file to write (default: casebook-backup-<UTC time>.cbk)')
+    dump.add_argument(
+        '--fast', action='store_true', help='read without resting between batches (nobody is using Casebook now)'
+    )
     dump.set_defaults(handler=_backup)
 
     back = commands.add_parser('restore', help='restore a backup into an empty database (checked whole first)')
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 CLI_ACTOR = '(command line)'
+BACKUP_REST = 2.0  # seconds of rest per second of work: a million messages in ~30 s instead of ~10, sends unslowed
 
 
 def _audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
@@ -108,7 +112,8 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
     with _progress_bar() as bar:
         try:
             with _replaced_on_success(target) as output:  # mode 0600: password hashes and patient data
-                summary = backup.backup(settings.effective_database_url, output, progress=bar)
+                rest = 0.0 if args.fast else BACKUP_REST
+                summary = backup.backup(settings.effective_database_url, output, progress=bar, rest=rest)
         except OSError as error:
             raise CommandError(f'cannot write {target}: {error.strerror or error}') from error
     size = target.stat().st_size

@@ -33,6 +33,7 @@ import gzip
 import hashlib
 import json
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -182,15 +183,18 @@ def _database_error(error: Exception) -> BackupError:
 # ------------------------------------------------------------------------------------------------- backup
 
 
-def backup(url: str, output: IO[bytes], *, progress: Progress | None = None, level: int = COMPRESSLEVEL) -> Summary:
-    """Write a backup of the database at `url` to `output` (binary, open for writing); reads only."""
+def backup(
+    url: str, output: IO[bytes], *, progress: Progress | None = None, level: int = COMPRESSLEVEL, rest: float = 0.0
+) -> Summary:
+    """Write a backup of the database at `url` to `output` (binary, open for writing); reads only. `rest`: seconds
+    of rest after each batch per second the batch took (see `Pacer`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == 'sqlite' and not (parsed.database and Path(parsed.database).exists()):
         raise BackupError(f'there is no database at {parsed.database}')  # and sqlite3 would create an empty one
     engine = _sync_engine(url)
     try:
         with _snapshot(engine) as connection:
-            return _write(connection, output, progress, level)
+            return _write(connection, output, progress, level, Pacer(rest))
     except SQLAlchemyError as error:
         raise _database_error(error) from error
     finally:
@@ -208,7 +212,25 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
             transaction.rollback()  # nothing was written; ending a read-only transaction either way is the same
 
 
-def _write(connection: Connection, output: IO[bytes], progress: Progress | None, level: int) -> Summary:
+class Pacer:
+    """Work in short slices with rests between them, `rest` seconds per second of work (0: no rest).
+
+    A backup beside a serving Casebook on a small machine: a send that arrives while the backup computes shares
+    the cores (and their caches) with it and is seen ~6 ms later on 2 cores, whatever the backup's priority; with
+    rests, most sends meet a resting backup (bench/backup_send.py, docs/performance.md).
+    """
+
+    def __init__(self, rest: float) -> None:
+        self.rest = max(0.0, rest)
+        self.mark = time.perf_counter()
+
+    def __call__(self) -> None:
+        if self.rest:
+            time.sleep((time.perf_counter() - self.mark) * self.rest)
+            self.mark = time.perf_counter()
+
+
+def _write(connection: Connection, output: IO[bytes], progress: Progress | None, level: int, pace: Pacer) -> Summary:
     revision = _revision(connection)  # the first read: on SQLite this is where the snapshot is taken
     if revision != head_revision():
         raise BackupError(
@@ -243,6 +265,7 @@ def _write(connection: Connection, output: IO[bytes], progress: Progress | None,
                 done += count
                 if progress:
                     progress('backing up', done, total)
+                pace()
         if written != rows:  # cannot happen inside one transaction; a backup that disagrees with itself is refused
             raise BackupError('the database changed while it was being read; no backup was written')
         compressed.write(_line({'end': {'rows': written, 'sha256': digest.hexdigest()}}))
