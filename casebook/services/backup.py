@@ -184,17 +184,22 @@ def _database_error(error: Exception) -> BackupError:
 
 
 def backup(
-    url: str, output: IO[bytes], *, progress: Progress | None = None, level: int = COMPRESSLEVEL, rest: float = 0.0
+    url: str,
+    output: IO[bytes],
+    *,
+    progress: Progress | None = None,
+    level: int = COMPRESSLEVEL,
+    pace: Pacer | None = None,
 ) -> Summary:
-    """Write a backup of the database at `url` to `output` (binary, open for writing); reads only. `rest`: seconds
-    of rest after each batch per second the batch took (see `Pacer`)."""
+    """Write a backup of the database at `url` to `output` (binary, open for writing); reads only, resting between
+    batches as `pace` says (none: no rests)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == 'sqlite' and not (parsed.database and Path(parsed.database).exists()):
         raise BackupError(f'there is no database at {parsed.database}')  # and sqlite3 would create an empty one
     engine = _sync_engine(url)
     try:
         with _snapshot(engine) as connection:
-            return _write(connection, output, progress, level, Pacer(rest))
+            return _write(connection, output, progress, level, pace or Pacer())
     except SQLAlchemyError as error:
         raise _database_error(error) from error
     finally:
@@ -213,21 +218,28 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
 
 
 class Pacer:
-    """Work in short slices with rests between them, `rest` seconds per second of work (0: no rest).
+    """Work in short slices with rests between them: `rest` seconds per second of work, as long as the whole job,
+    at the pace so far, still ends within `within` seconds (less rest, or none, when it would not).
 
     A backup beside a serving Casebook on a small machine: a send that arrives while the backup computes shares
-    the cores (and their caches) with it and is seen ~6 ms later on 2 cores, whatever the backup's priority; with
-    rests, most sends meet a resting backup (bench/backup_send.py, docs/performance.md).
+    the cores with it; with rests, most sends meet a resting backup (bench/backup_send.py, docs/performance.md).
     """
 
-    def __init__(self, rest: float) -> None:
-        self.rest = max(0.0, rest)
-        self.mark = time.perf_counter()
+    def __init__(self, rest: float = 0.0, within: float = 0.0) -> None:
+        self.rest, self.within = max(0.0, rest), within
+        self.started = self.mark = time.perf_counter()
+        self.worked = 0.0
 
-    def __call__(self) -> None:
-        if self.rest:
-            time.sleep((time.perf_counter() - self.mark) * self.rest)
-            self.mark = time.perf_counter()
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        slice_ = now - self.mark
+        self.worked += slice_
+        if self.rest and 0 < done < total:
+            work_left = self.worked / done * (total - done)
+            spare = self.within - (now - self.started) - work_left  # rest the job can still afford
+            batches_left = max(1.0, (total - done) / BATCH)
+            time.sleep(max(0.0, min(slice_ * self.rest, spare / batches_left)))
+        self.mark = time.perf_counter()
 
 
 def _write(connection: Connection, output: IO[bytes], progress: Progress | None, level: int, pace: Pacer) -> Summary:
@@ -265,7 +277,7 @@ def _write(connection: Connection, output: IO[bytes], progress: Progress | None,
                 done += count
                 if progress:
                     progress('backing up', done, total)
-                pace()
+                pace(done, total)
         if written != rows:  # cannot happen inside one transaction; a backup that disagrees with itself is refused
             raise BackupError('the database changed while it was being read; no backup was written')
         compressed.write(_line({'end': {'rows': written, 'sha256': digest.hexdigest()}}))
