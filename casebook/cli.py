@@ -250,12 +250,14 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin)
 
     async def add(session):
-        clinician = await accounts.add_clinician(
-            session, username=args.username, display_name=args.display_name, password=password, role=args.role
+        return await accounts.add_clinician(
+            session,
+            username=args.username,
+            display_name=args.display_name,
+            password=password,
+            role=args.role,
+            audited=lambda new: audit.Entry(audit.ADMIN_ADD, actor=CLI_ACTOR, detail=f'{new.username} as {new.role}'),
         )
-        detail = f'{clinician.username} as {clinician.role}'
-        await audit.record_now(session, audit.Entry(audit.ADMIN_ADD, actor=CLI_ACTOR, detail=detail))
-        return clinician
 
     clinician = _run_with_db(settings, add)
     print(f'added {clinician.role} {clinician.username} ({clinician.display_name})')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -197,6 +198,17 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option('script_location', str(MIGRATIONS_DIR))
     config.attributes['connection'] = connection
     return config
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration this code ships (read once per process)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError('no migrations found')
+    return head
 
 
 def _upgrade(connection: Connection) -> None:

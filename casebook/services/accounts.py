@@ -229,11 +229,11 @@ async def _new_clinician(*, username: str, display_name: str, password: str, rol
 
 @dataclass(frozen=True)
 class Verified:
-    """A clinician whose password was right; `new_hash`: their password hashed with today's parameters, when
-    the stored hash has older ones (stored at sign-in, `sessions.start_sync`)."""
+    """A clinician whose password was right; `rehash` when the stored hash has older parameters than today's
+    (the new one is stored at sign-in, `sessions.start_sync`)."""
 
     clinician: ClinicianInfo
-    new_hash: str | None = None
+    rehash: tuple[str, str] | None = None  # (the stored hash that was verified, the same password hashed anew)
 
 
 def _credentials_sync(session: Session, name: str) -> tuple[ClinicianInfo, str, bool] | None:
@@ -266,8 +266,9 @@ async def verify_credentials(run: Runner, *, username: str, password: str) -> Ve
     clinician, password_hash, disabled = found
     if not await _verify(password_hash, password) or disabled:
         return None
-    new_hash = await hash_password(password) if _hasher.check_needs_rehash(password_hash) else None
-    return Verified(clinician, new_hash)
+    if _hasher.check_needs_rehash(password_hash):
+        return Verified(clinician, (password_hash, await hash_password(password)))
+    return Verified(clinician)
 
 
 async def authenticate(session: AsyncSession, *, username: str, password: str) -> ClinicianInfo | None:
@@ -409,13 +410,6 @@ async def set_disabled(
 ) -> ClinicianRow:
     return await session.run_sync(
         lambda s: set_disabled_sync(s, admin=admin, clinician_id=clinician_id, disabled=disabled)
-    )
-
-
-async def reset_password(session: AsyncSession, *, clinician_id: int, new: str) -> ClinicianRow:
-    password_hash = await new_password_hash(session, clinician_id=clinician_id, new=new)
-    return await session.run_sync(
-        lambda s: set_password_hash_sync(s, clinician_id=clinician_id, password_hash=password_hash)
     )
 
 

@@ -42,13 +42,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Boolean, Integer, Table, bindparam, event, func, select, text
+from sqlalchemy import Boolean, Integer, Table, bindparam, event, func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool  # one connection, closed when done: the command exits right after
 
-from casebook.db import _sqlite_pragmas, alembic_config, migrate_blocking
+from casebook.db import _sqlite_pragmas, alembic_config, head_revision, migrate_blocking
 from casebook.models import (
     AuditEvent,
     AuditHead,
@@ -106,12 +106,6 @@ class Restored:
 def default_name(now: datetime | None = None) -> str:
     """`casebook-backup-20261203T141500Z.cbk`: sorts by time, no characters a shell or Windows minds."""
     return f'casebook-backup-{(now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")}{SUFFIX}'
-
-
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    return str(ScriptDirectory.from_config(alembic_config()).get_current_head())
 
 
 def known_revisions() -> set[str]:
@@ -666,6 +660,7 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
     if parsed.get_backend_name() == 'sqlite' and parsed.database:  # only now that the file is known to be good
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
+        _refuse_a_used_database(url)  # before migrating: a database in use, even at an older schema, is left as it was
         migrate_blocking(url)
         engine = _sync_engine(
             url, begin='BEGIN IMMEDIATE', foreign_keys=False
@@ -680,6 +675,23 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
     except (SQLAlchemyError, OSError) as error:  # OSError: the async driver's refused connection, when migrating
         raise BackupError(f'{_database_error(error)}; nothing was restored') from error
     return Restored(summary, verdict)
+
+
+def _refuse_a_used_database(url: str) -> None:
+    """Refuse a target holding any of Casebook's rows, whatever its schema (its tables that exist are counted)."""
+    engine = _sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            present = set(inspect(connection).get_table_names())
+            tables = {table.name: table for table in TABLES if table.name in IN_USE and table.name in present}
+            held = {
+                name: connection.scalar(select(func.count()).select_from(table)) or 0 for name, table in tables.items()
+            }
+    finally:
+        engine.dispose()
+    if any(held.values()):
+        found = _counts({name: count for name, count in held.items() if count})
+        raise BackupError(f'the target database is not empty ({found}); restore only into an empty one')
 
 
 def _refuse_in_use(connection: Connection) -> None:

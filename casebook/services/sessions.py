@@ -64,15 +64,21 @@ def start_sync(
     user_agent: str = '',
     address: str = '',
     username: str = '',
-    new_password_hash: str | None = None,
+    rehash: tuple[str, str] | None = None,
 ) -> str:
     """One unit of work: a new session for a clinician who has just proven who they are, its audit row, and (when
-    sign-in rehashed the password with today's parameters) the new hash; returns the browser's token."""
+    sign-in rehashed the password with today's parameters: `rehash` = (the hash verified, the new one)) the new
+    hash, unless the password changed meanwhile; returns the browser's token."""
     token = secrets.token_urlsafe(32)
     user_agent, address = storable(user_agent[:256]), storable(address[:64])
     session.add(AuthSession(id=_digest(token), clinician_id=clinician_id, user_agent=user_agent, address=address))
-    if new_password_hash is not None:
-        session.execute(update(Clinician).where(Clinician.id == clinician_id).values(password_hash=new_password_hash))
+    if rehash is not None:
+        verified, new = rehash
+        session.execute(
+            update(Clinician)
+            .where(Clinician.id == clinician_id, Clinician.password_hash == verified)
+            .values(password_hash=new)
+        )
     audit.record_sync(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address))
     session.commit()
     return token
@@ -127,12 +133,10 @@ def resolve_sync(
         return None
     now = utcnow()
     if now - row.created_at > max_age:
-        _end_sync(session, row.id, 'expired')
-        session.commit()
+        _end_dead_sync(session, row.id, 'expired')
         return None
     if idle is not None and now - row.last_seen_at > idle:
-        _end_sync(session, row.id, 'idle')
-        session.commit()
+        _end_dead_sync(session, row.id, 'idle')
         return None
     last_seen = row.last_seen_at
     interval = TOUCH_INTERVAL if idle is None else min(TOUCH_INTERVAL, idle / 4)
@@ -249,6 +253,16 @@ async def end_all(
     )
     await session.commit()
     return ended
+
+
+def _end_dead_sync(session: Session, session_id: str, reason: str) -> None:
+    """Note that a session found too old or idle ended. It signs nobody in either way: when the database is busy
+    writing, the note waits for a later check (a page load must not fail on it)."""
+    try:
+        _end_sync(session, session_id, reason)
+        session.commit()
+    except OperationalError:
+        session.rollback()
 
 
 def _end_sync(session: Session, session_id: str, reason: str, address: str = '') -> str | None:

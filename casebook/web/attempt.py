@@ -7,9 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
+from casebook.db import DATABASE_ERRORS
+from casebook.services import audit
 from casebook.services.errors import CasebookError
+from casebook.web import runtime
 
 T = TypeVar('T')
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
@@ -35,7 +36,19 @@ async def attempt(
         return await work()
     except CasebookError as refusal:
         tell(refusal.message)
-    except (SQLAlchemyError, OSError) as error:
+    except DATABASE_ERRORS as error:
         log.warning('%s not done: the database could not be reached (%s)', what, type(error).__name__)
         tell(unreachable)
     return NOT_DONE
+
+
+async def record(entry: audit.Entry) -> bool:
+    """One audit row on its own, as a unit of work; False (and logged) when the database could not take it."""
+    try:
+        await runtime.current().database.run(lambda session: audit.record_now_sync(session, entry))
+    except DATABASE_ERRORS as error:
+        log.warning(
+            'audit row %s not written: the database could not be reached (%s)', entry.action, type(error).__name__
+        )
+        return False
+    return True

@@ -130,7 +130,7 @@ async def needs_first_account() -> bool:
 
 
 async def sign_in(
-    clinician: accounts.ClinicianInfo, tell: Callable[[str], object], new_password_hash: str | None = None
+    clinician: accounts.ClinicianInfo, tell: Callable[[str], object], rehash: tuple[str, str] | None = None
 ) -> bool:
     """Start a fresh server-side session (one unit of work) and send the browser to pick it up under a new storage
     identifier; False (and the clinician told, `tell`) when the database could not take it."""
@@ -145,7 +145,7 @@ async def sign_in(
                 address=address,
                 user_agent=agent,
                 username=clinician.username,
-                new_password_hash=new_password_hash,
+                rehash=rehash,
             )
         ),
         tell,

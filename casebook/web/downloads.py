@@ -8,21 +8,23 @@ from contextlib import AsyncExitStack
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from nicegui import app
-from sqlalchemy.exc import SQLAlchemyError
 
+from casebook.db import DATABASE_ERRORS
 from casebook.services import audit, exchange
 from casebook.services.errors import CasebookError, NotFound
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
+from casebook.web.attempt import record
 
 
 def register() -> None:
     app.add_api_route('/export/{patient_id}/{fmt}', export, methods=['GET'], include_in_schema=False)
 
 
-UNAVAILABLE = PlainTextResponse(
-    'The database could not be reached, so nothing was downloaded. Please try again.', status_code=503
-)
+def unavailable() -> Response:
+    return PlainTextResponse('The database could not be reached, so nothing was downloaded. Please try again.', 503)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -31,20 +33,10 @@ async def who_is_signed_in() -> SignedIn | Response:
     could not be asked)."""
     try:
         signed = await auth.signed_in(auth.notebook().token)
-    except (SQLAlchemyError, OSError) as error:
+    except DATABASE_ERRORS as error:
         log.warning('download refused: the database could not be reached (%s)', type(error).__name__)
-        return UNAVAILABLE
+        return unavailable()
     return signed if signed is not None else PlainTextResponse('Please log in again.', status_code=401)
-
-
-async def recorded(entry: audit.Entry) -> bool:
-    """The download's audit row, written before anything is sent (one unit of work); False when it could not be."""
-    try:
-        await runtime.current().database.run(lambda session: audit.record_now_sync(session, entry))
-    except (SQLAlchemyError, OSError) as error:
-        log.warning('download refused: its audit row could not be written (%s)', type(error).__name__)
-        return False
-    return True
 
 
 async def export(request: Request, patient_id: str, fmt: str) -> Response:
@@ -61,15 +53,15 @@ async def export(request: Request, patient_id: str, fmt: str) -> Response:
     except (NotFound, CasebookError):
         await stack.aclose()
         return PlainTextResponse('No such conversation.', status_code=404)
-    except (SQLAlchemyError, OSError) as error:
+    except DATABASE_ERRORS as error:
         await stack.aclose()
         log.warning('export refused: the database could not be reached (%s)', type(error).__name__)
-        return UNAVAILABLE
+        return unavailable()
     clinician = signed.clinician
     address = request.client.host if request.client else ''
-    if not await recorded(audit.Entry(audit.EXPORT, clinician.id, clinician.username, patient_id, address, fmt)):
+    if not await record(audit.Entry(audit.EXPORT, clinician.id, clinician.username, patient_id, address, fmt)):
         await stack.aclose()
-        return UNAVAILABLE
+        return unavailable()
 
     async def body():
         async with stack:  # the database session lives exactly as long as the stream

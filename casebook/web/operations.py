@@ -9,7 +9,6 @@ hanging probe.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import math
@@ -17,7 +16,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from nicegui import app
 from nicegui.client import Client
@@ -27,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from casebook import logs, metrics
 from casebook.config import Settings
-from casebook.db import Database, alembic_config
+from casebook.db import Database, head_revision
 from casebook.live import RedisHub
 from casebook.services import sessions
 from casebook.web import runtime
@@ -38,15 +36,6 @@ CHECK_TIMEOUT = 2.0  # seconds per readiness check, and for the database count b
 LAG_INTERVAL = 0.5  # seconds between two measurements of the event loop's lag
 MIN_TOKEN_LENGTH = 16  # a guessable token would expose what the metrics say about the clinic's activity
 HEADERS = {'cache-control': 'no-store', 'x-content-type-options': 'nosniff'}
-
-
-@functools.cache
-def migration_head() -> str:
-    """The newest migration this code ships (computed once per process)."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise RuntimeError('no migrations found')
-    return head
 
 
 # ----- health -------------------------------------------------------------------------------------------
@@ -86,7 +75,7 @@ async def _check_database(database: Database) -> dict[str, str]:
         return {'database': 'unreachable'}
     if version is None:
         return {'migrations': 'missing'}
-    return {} if version == migration_head() else {'migrations': 'not at head'}
+    return {} if version == head_revision() else {'migrations': 'not at head'}
 
 
 async def _schema_version(database: Database) -> str | None:

@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import TypeVar
 
 from nicegui import ui
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from casebook.db import DATABASE_ERRORS
 from casebook.models import utcnow
 from casebook.services import accounts, audit, sessions
 from casebook.services.sessions import SignedIn
@@ -64,7 +64,7 @@ class IdleWatch:
             touch, self.active = self.active, False
             try:
                 signed = await auth.signed_in(self.token, touch=touch)
-            except (SQLAlchemyError, OSError):
+            except DATABASE_ERRORS:
                 return  # the next check tries again; the server decides either way
             if signed is None:
                 self.dialog.close()
@@ -167,7 +167,7 @@ async def show_sessions(
             try:
                 async with rt.database.session() as session:
                     live = await sessions.list_active(session, clinician_id=clinician.id, limits=rt.limits)
-            except (SQLAlchemyError, OSError):
+            except DATABASE_ERRORS:
                 message.set_text(UNREACHABLE)
                 return
             listing.clear()

@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from casebook import cli
-from casebook.db import Database, run_on_own_loop
+from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
 from casebook.services import accounts, backup, conversations
 from tests.browser_support import CASEBOOK, casebook_env
@@ -372,6 +373,28 @@ def test_a_target_in_use_is_refused_and_left_as_it_was(database, casebook, good_
     assert err.startswith('casebook: the target database is not empty (installation 1, clinicians 2, ')
     assert counts(database.url) == before
     assert casebook(database.url, 'audit', 'verify')[0] == 0
+
+
+def test_a_target_in_use_at_an_older_schema_is_refused_before_it_is_migrated(casebook, good_backup, tmp_path):
+    url = f'sqlite+aiosqlite:///{tmp_path / "older.sqlite3"}'
+    engine = create_engine(make_url(url).set(drivername='sqlite+pysqlite'))
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), '0005')  # the schema before the activity chart's tables
+            connection.execute(
+                text(
+                    'INSERT INTO clinicians (id, username, display_name, role, password_hash, disabled, created_at) '
+                    "VALUES (1, 'ada', 'Ada', 'admin', 'x', 0, '2026-12-01 09:00:00')"
+                )
+            )
+        code, out, err = casebook(url, 'restore', str(good_backup))
+        assert (
+            code == 2 and out == '' and err.startswith('casebook: the target database is not empty (clinicians 1)')
+        ), err
+        with engine.connect() as connection:
+            assert connection.scalar(text('SELECT version_num FROM alembic_version')) == '0005'  # not migrated
+    finally:
+        engine.dispose()
 
 
 def test_the_file_is_checked_again_while_restoring(database, good_backup, tmp_path, monkeypatch):

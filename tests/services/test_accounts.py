@@ -98,15 +98,29 @@ async def test_a_password_hashed_with_older_parameters_is_hashed_anew_at_sign_in
         await session.commit()
     verified = await accounts.verify_credentials(database.run, username='bob', password=PASSWORD)
     assert verified is not None and verified.clinician == bob
-    assert verified.new_hash is not None and '$m=19456,t=2,p=1$' in verified.new_hash
+    assert verified.rehash is not None
+    old, new = verified.rehash
+    assert old == older and '$m=19456,t=2,p=1$' in new
     token = await database.run(
-        lambda s: sessions.start_sync(s, clinician_id=bob.id, username='bob', new_password_hash=verified.new_hash)
+        lambda s: sessions.start_sync(s, clinician_id=bob.id, username='bob', rehash=verified.rehash)
     )
     async with database.session() as session:
-        assert await session.scalar(select(Clinician.password_hash).where(Clinician.id == bob.id)) == verified.new_hash
+        assert await session.scalar(select(Clinician.password_hash).where(Clinician.id == bob.id)) == new
         assert (await sessions.resolve(session, token, max_age=DAY)).clinician == bob
     again = await accounts.verify_credentials(database.run, username='bob', password=PASSWORD)
-    assert again == accounts.Verified(bob, None)  # nothing more to replace
+    assert again == accounts.Verified(bob)  # nothing more to replace
+    # a password changed between checking it and signing in is not put back by the rehash
+    async with database.session() as session:
+        (await session.get(Clinician, bob.id)).password_hash = older
+        await session.commit()
+    stale = await accounts.verify_credentials(database.run, username='bob', password=PASSWORD)
+    changed = await accounts.hash_password('a password set meanwhile by an admin')
+    async with database.session() as session:
+        (await session.get(Clinician, bob.id)).password_hash = changed
+        await session.commit()
+    await database.run(lambda s: sessions.start_sync(s, clinician_id=bob.id, username='bob', rehash=stale.rehash))
+    async with database.session() as session:
+        assert await session.scalar(select(Clinician.password_hash).where(Clinician.id == bob.id)) == changed
 
 
 async def test_disabled_clinician_cannot_sign_in_and_loses_sessions(database):

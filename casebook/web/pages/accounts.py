@@ -7,13 +7,12 @@ import math
 
 from fastapi.responses import RedirectResponse
 from nicegui import ui
-from sqlalchemy.exc import SQLAlchemyError
 
 from casebook import metrics
 from casebook.services import accounts, audit
 from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
-from casebook.web.attempt import NotDone, attempt
+from casebook.web.attempt import NotDone, attempt, record
 from casebook.web.components import duration, form_card, show_error
 
 log = logging.getLogger(__name__)
@@ -116,9 +115,9 @@ async def login_page() -> RedirectResponse | None:
             name = username.value if isinstance(username.value, str) else ''
             attempted = _attempted_username(name)
             wait = await rt.throttle.wait_seconds(attempted, address)
-            if wait > 0:
+            if wait > 0:  # told why, whether or not the audit row could be written
                 metrics.sign_in('throttled')
-                await _record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address))
+                await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address))
                 tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
                 return
             verified = await attempt(
@@ -132,12 +131,12 @@ async def login_page() -> RedirectResponse | None:
             if verified is None:
                 metrics.sign_in('failed')
                 await rt.throttle.failed(attempted, address)
-                await _record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
+                await record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
                 password.value = ''
                 tell('Username or password is incorrect.')
                 return
             await rt.throttle.succeeded(attempted)
-            if await auth.sign_in(verified.clinician, tell, verified.new_hash):
+            if await auth.sign_in(verified.clinician, tell, verified.rehash):
                 metrics.sign_in('ok')
 
         username.on('keydown.enter', lambda: password.run_method('focus'))
@@ -146,17 +145,6 @@ async def login_page() -> RedirectResponse | None:
         if runtime.current().settings.open_registration:
             ui.link('Create an account', '/register').classes('text-sm')
     return None
-
-
-async def _record(entry: audit.Entry) -> None:
-    """A refused sign-in's audit row; the clinician is told why they are not signed in whether or not it could be
-    written (a busy database must not turn a wrong password into a different message)."""
-    try:
-        await runtime.current().database.run(lambda session: audit.record_now_sync(session, entry))
-    except (SQLAlchemyError, OSError) as error:
-        log.warning(
-            'audit row %s not written: the database could not be reached (%s)', entry.action, type(error).__name__
-        )
 
 
 def _attempted_username(raw: str) -> str:

@@ -16,14 +16,14 @@ from zoneinfo import ZoneInfo
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from nicegui import app, ui
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from casebook.db import DATABASE_ERRORS
 from casebook.services import accounts, audit, sessions
 from casebook.services.errors import CasebookError
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, downloads, runtime
-from casebook.web.attempt import UNREACHABLE, NotDone, attempt
+from casebook.web.attempt import UNREACHABLE, NotDone, attempt, record
 from casebook.web.components import heading, theme_switch
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class AdminPage:
         """Every action: still signed in, and still an admin."""
         try:
             signed = await auth.signed_in(self.token)
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             ui.notify(UNREACHABLE, type='negative')
             return False
         if signed is None or signed.clinician.id != self.signed.clinician.id:
@@ -131,7 +131,7 @@ class AdminPage:
             async with rt.database.session() as session:
                 now = await sessions.count_signed_in(session, limits=rt.limits)
                 days = await audit.daily_counts(session, days=ACTIVITY_DAYS, zone=self.zone)
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             self.notice.set_text(UNREACHABLE)
             return
         series = {
@@ -184,7 +184,7 @@ class AdminPage:
         try:
             async with runtime.current().database.session() as session:
                 rows = await accounts.list_clinicians(session)
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             self.notice.set_text(UNREACHABLE)
             return
         self.clinicians.clear()
@@ -254,8 +254,8 @@ class AdminPage:
         entry = self._entry(action, detail)
 
         def work(session: Session) -> T:
+            audit.record_sync(session, entry)  # before what the action causes (logoffs): the trail reads in order
             result = change(session)
-            audit.record_sync(session, entry)
             session.commit()
             return result
 
@@ -391,7 +391,7 @@ class AdminPage:
                 rows = await audit.list_events(
                     session, before_seq=self.oldest_seq if older else None, limit=PAGE, **filters
                 )
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             self.filter_error.set_text(UNREACHABLE)
             return
         shown = [self._row(row) for row in rows]
@@ -457,8 +457,8 @@ async def audit_csv(
     me = signed.clinician
     address = request.client.host if request.client else ''
     detail = ', '.join(f'{key}={value}' for key, value in filters.items() if value is not None)[:200]
-    if not await downloads.recorded(audit.Entry(audit.ADMIN_AUDIT_EXPORT, me.id, me.username, None, address, detail)):
-        return downloads.UNAVAILABLE
+    if not await record(audit.Entry(audit.ADMIN_AUDIT_EXPORT, me.id, me.username, None, address, detail)):
+        return downloads.unavailable()
 
     async def body():
         async with rt.database.session() as session:

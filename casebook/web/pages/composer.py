@@ -13,10 +13,10 @@ import logging
 import time
 
 from nicegui import ui
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from casebook import metrics
+from casebook.db import DATABASE_ERRORS
 from casebook.live import ConversationEvent
 from casebook.services import conversations, sessions
 from casebook.services.conversations import ConversationInfo, MessageInfo
@@ -136,7 +136,7 @@ class Composer:
             if not self.client.is_deleted:  # the tab may have closed while the database was busy
                 ui.notify(refusal.message, type='negative', multi_line=True)
             return None
-        except (SQLAlchemyError, OSError) as error:
+        except DATABASE_ERRORS as error:
             self.unsaved = True
             log.warning('message not saved: %s', type(error).__name__)  # never the text itself
             if not self.client.is_deleted:
@@ -187,25 +187,24 @@ class Composer:
             return False
         database, clinician, address = runtime.current().database, self.clinician, self.address
 
-        async def mark() -> MessageInfo:
-            await database.run(
-                lambda session: conversations.mark_entered_in_error_sync(
-                    session,
-                    clinician=clinician,
-                    conversation_id=conversation.id,
-                    message_id=message_id,
-                    address=address,
-                )
+        def mark(session: Session) -> None:
+            conversations.mark_entered_in_error_sync(
+                session, clinician=clinician, conversation_id=conversation.id, message_id=message_id, address=address
             )
+
+        done = await attempt(
+            lambda: database.run(mark), lambda text: ui.notify(text, type='negative'), what='entered-in-error mark'
+        )
+        if isinstance(done, NotDone):
+            return False
+        try:  # marked: what it looks like now, for this tab and the others
             async with database.session() as session:
                 (marked,) = await conversations.get_messages(
                     session, clinician=clinician, conversation_id=conversation.id, ids=[message_id]
                 )
-            return marked
-
-        marked = await attempt(mark, lambda text: ui.notify(text, type='negative'), what='entered-in-error mark')
-        if isinstance(marked, NotDone):
-            return False
+        except DATABASE_ERRORS:
+            ui.notify('Marked as entered in error; it shows struck through after a reload.', type='warning')
+            return True
         self.list.update(marked)
         await runtime.current().hub.publish(ConversationEvent('marked', conversation.id, marked))
         return True

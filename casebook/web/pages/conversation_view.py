@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from nicegui import background_tasks, ui
-from sqlalchemy.exc import SQLAlchemyError
 
+from casebook.db import DATABASE_ERRORS
 from casebook.live import ConversationEvent, Resync, conversation_topic
 from casebook.services import conversations
 from casebook.services.conversations import ConversationInfo, MessageInfo
@@ -44,7 +44,7 @@ class ConversationView:
                 latest = await conversations.latest_messages(
                     session, clinician=self.clinician, conversation_id=conversation.id
                 )
-        except (SQLAlchemyError, OSError) as error:
+        except DATABASE_ERRORS as error:
             unsubscribe_buffer()
             log.warning('patient not opened: %s', type(error).__name__)
             ui.notify(
@@ -81,7 +81,7 @@ class ConversationView:
                     sync, clinician=clinician, conversation_id=conversation.id, address=address
                 )
             )
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             log.warning('recent patients not updated: the database is busy')
         with self.client:
             await self._show_recent()
@@ -106,7 +106,7 @@ class ConversationView:
 
             if fits():
                 await self._keeping_position(lambda: fits() and self.list.prepend(older))
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             ui.notify('Earlier messages could not be loaded; scroll up again to retry.', type='warning')
         finally:
             self.loading = False
@@ -133,7 +133,7 @@ class ConversationView:
                 await self._keeping_position(lambda: fits() and self.list.extend(newer))
             if self.list.has_newer and len(newer) < conversations.PAGE_SIZE:
                 background_tasks.create(self._load_newer(), name='newer arrived while loading')
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             ui.notify('Newer messages could not be loaded; scroll down again to retry.', type='warning')
         finally:
             self.loading = False
@@ -153,7 +153,7 @@ class ConversationView:
                 latest = await conversations.latest_messages(
                     session, clinician=self.clinician, conversation_id=self.conversation.id
                 )
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             return  # the window stays where it was; the caller says the message was saved
         self.list.reset(latest)
 
@@ -193,7 +193,7 @@ class ConversationView:
         try:
             async with runtime.current().database.session() as session:
                 recent = await conversations.recent_conversations(session, clinician=self.clinician)
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             return  # the list stays as it was; it is refreshed at the next patient opened
         self.recent_list.clear()
         with self.recent_list:

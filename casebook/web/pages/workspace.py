@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.responses import RedirectResponse
 from nicegui import app, ui
-from sqlalchemy.exc import SQLAlchemyError
 
+from casebook.db import DATABASE_ERRORS
 from casebook.live import Resync, SessionsEnded, clinician_topic
 from casebook.services import accounts, conversations
 from casebook.services.conversations import ConversationInfo
@@ -200,7 +200,7 @@ class Workspace(Composer, ConversationView):
     async def log_out(self) -> None:
         try:
             await auth.sign_out(self.token, clinician_id=self.clinician.id, reason='manual', address=self.address)
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             # this browser forgets the session all the same; the server ends it at its maximum age
             log.warning('session not ended on the server: the database could not be reached')
             if self._owns_notebook():
@@ -264,7 +264,7 @@ class Workspace(Composer, ConversationView):
         """Every event re-checks the session; a tab whose session ended goes to the login page."""
         try:
             signed = await auth.signed_in(self.token)
-        except (SQLAlchemyError, OSError):
+        except DATABASE_ERRORS:
             ui.notify(UNREACHABLE, type='negative')
             return False
         return self._accept(signed)
