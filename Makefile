@@ -34,41 +34,31 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
-# nginx for deploy/cluster and its tests (tests/cluster), from Debian's packages. Only the program is wanted:
-# the package would also start the system's nginx on port 80, which a temporary policy-rc.d forbids (on a
-# systemd machine the unit is stopped and disabled too).
+# apt-get install $(1) for the tests, only the program: the package would also start its system service, which a
+# temporary policy-rc.d forbids (on a systemd machine the unit is stopped and disabled too).
+define apt_program
+	echo 'Installing $(1) for the tests (apt-get)'; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	POLICY=/usr/sbin/policy-rc.d; ADDED=; \
+	if [ ! -e $$POLICY ]; then \
+		printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; \
+	fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(1) >/dev/null; \
+	STATUS=$$?; \
+	if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; \
+	if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now $(1) >/dev/null 2>&1 || true; fi; \
+	exit $$STATUS
+endef
+
+# nginx for deploy/cluster and its tests (tests/cluster), from Debian's packages (the program, not the service).
 nginx:
-	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
-		echo 'Installing nginx for the cluster tests (apt-get)'; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		POLICY=/usr/sbin/policy-rc.d; ADDED=; \
-		if [ ! -e $$POLICY ]; then \
-			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; \
-		fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; \
-		STATUS=$$?; \
-		if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; \
-		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi; \
-		exit $$STATUS; \
-	fi
+	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then $(call apt_program,nginx); fi
 
 # Prometheus for the test that scrapes a served Casebook with a real one (tests/browser/test_prometheus.py), from
-# Debian's packages. Only the program is wanted: the test starts its own on a free port with its own config, so the
-# system service (port 9090, and its node exporter) is kept from starting by the same policy-rc.d as for nginx.
+# Debian's packages. Only the program: the test starts its own on a free port with its own config (the system service
+# would take port 9090 and start a node exporter).
 prometheus:
-	@if [ ! -x /usr/bin/prometheus ]; then \
-		echo 'Installing Prometheus for the metrics test (apt-get)'; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		POLICY=/usr/sbin/policy-rc.d; ADDED=; \
-		if [ ! -e $$POLICY ]; then \
-			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && ADDED=1; \
-		fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-		STATUS=$$?; \
-		if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; \
-		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
-		exit $$STATUS; \
-	fi
+	@if [ ! -x /usr/bin/prometheus ]; then $(call apt_program,prometheus); fi
 
 # axe-core for the accessibility tests, from the npm registry, at the version pinned in the lock file.
 AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
