@@ -375,6 +375,12 @@ def test_a_target_in_use_is_refused_and_left_as_it_was(database, casebook, good_
     assert casebook(database.url, 'audit', 'verify')[0] == 0
 
 
+def test_every_table_is_backed_up_or_left_out_on_purpose():
+    from casebook.models import Base
+
+    assert {table.name for table in backup.TABLES} | backup.NOT_BACKED_UP == set(Base.metadata.tables)
+
+
 def test_a_target_in_use_at_an_older_schema_is_refused_before_it_is_migrated(casebook, good_backup, tmp_path):
     url = f'sqlite+aiosqlite:///{tmp_path / "older.sqlite3"}'
     engine = create_engine(make_url(url).set(drivername='sqlite+pysqlite'))
