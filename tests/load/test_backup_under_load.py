@@ -10,13 +10,12 @@ import asyncio
 import secrets
 import shutil
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
 
-from bench.common import CASEBOOK, casebook_server, clean_env
+from bench.common import casebook_cli, casebook_server
 from bench.load import Client, Refused, Stats, _prepare
 from casebook.db import run_on_own_loop
 
@@ -24,18 +23,6 @@ TABS = 12
 SEND_EVERY = 0.25  # seconds between one tab's sends
 BEFORE_BACKUP, AFTER_BACKUP = 2.0, 1.0  # seconds of sending before the backup starts and after it ended
 ACK_WITHIN = 10.0
-
-
-def casebook(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CASEBOOK), *args],
-        env=clean_env(CASEBOOK_DATA_DIR=str(data_dir)),
-        cwd=data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def keep_sending(client: Client, acked: dict[str, float], stop: asyncio.Event) -> None:
@@ -62,8 +49,7 @@ async def send_through_a_backup(base_url: str, accounts, data_dir: Path, backup:
         tabs = [asyncio.create_task(keep_sending(client, acked, stop)) for client in clients]
         await asyncio.sleep(BEFORE_BACKUP)
         backup_started = time.monotonic()
-        result = await asyncio.to_thread(casebook, data_dir, 'backup', '-o', str(backup))
-        assert result.returncode == 0, result.stderr
+        await asyncio.to_thread(casebook_cli, data_dir, 'backup', '-o', str(backup))  # raises on failure
         await asyncio.sleep(AFTER_BACKUP)
         stop.set()
         await asyncio.gather(*tabs)  # a send that fails here fails the test
@@ -102,15 +88,13 @@ def test_a_backup_under_load_restored_into_an_empty_data_dir_keeps_every_acknowl
     assert len(before) >= TABS * 2 and len(acked) > len(before), (len(before), len(acked))
 
     shutil.rmtree(data_dir)  # the disk is lost; the backup is all there is
-    restored = casebook(data_dir, 'restore', str(backup))
-    assert restored.returncode == 0, restored.stderr
+    casebook_cli(data_dir, 'restore', str(backup))  # raises on a non-zero exit, with its stderr
     with sqlite3.connect(data_dir / 'casebook.sqlite3') as connection:
         stored = [text for (text,) in connection.execute("SELECT text FROM messages WHERE text LIKE 'note %'")]
     missing = [text for text in before if text not in stored]
     assert not missing, f'{len(missing)} acknowledged before the backup are not in it: {missing[:5]}'
     assert len(stored) == len(set(stored)), 'a message was restored twice'
-    verified = casebook(data_dir, 'audit', 'verify')
-    assert verified.returncode == 0, verified.stderr
+    assert casebook_cli(data_dir, 'audit', 'verify').startswith('audit trail intact')
 
     newest_before = {}  # each clinician's newest note acknowledged before the backup
     for text in before:
