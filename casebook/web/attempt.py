@@ -3,9 +3,12 @@ in a row), and the clinician told in words when it could not be done: never a 50
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
+
+from nicegui import ui
 
 from casebook.db import DATABASE_ERRORS
 from casebook.services import audit
@@ -14,6 +17,10 @@ from casebook.web import runtime
 
 T = TypeVar('T')
 UNREACHABLE = 'The database could not be reached. Nothing was changed; please try again.'
+PAGE_UNREACHABLE = (
+    'Casebook cannot reach its database just now, so this page cannot be shown. Nothing written before is lost. '
+    'Please try again in a moment.'
+)
 log = logging.getLogger(__name__)
 
 
@@ -52,3 +59,26 @@ async def record(entry: audit.Entry) -> bool:
         )
         return False
     return True
+
+
+def database_page(build: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T | None]]:
+    """A page that asks the database before it shows anything: when the database cannot be reached, the page says
+    so, with a way to try again, instead of NiceGUI's 500."""
+
+    @functools.wraps(build)
+    async def page(*args: Any, **kwargs: Any) -> T | None:
+        try:
+            return await build(*args, **kwargs)
+        except DATABASE_ERRORS as error:
+            client = ui.context.client
+            log.warning(
+                'page %s not shown: the database could not be reached (%s)', client.page.path, type(error).__name__
+            )
+            client.content.clear()  # whatever was built before the failure
+            with client.content, ui.column().classes('w-full items-center p-8 gap-4'):
+                ui.label('Casebook').props('role=heading aria-level=1').classes('text-2xl font-semibold')
+                ui.label(PAGE_UNREACHABLE).props('role=alert').classes('max-w-md text-center')
+                ui.link('Try again', client.page.path)
+            return None
+
+    return page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -12,9 +13,11 @@ from nicegui import ui
 from nicegui.testing import User
 from sqlalchemy import func, select
 
+from casebook.db import Database
 from casebook.models import AuthSession, Clinician
 from casebook.services import accounts
 from casebook.web import runtime
+from tests.browser_support import free_port
 from tests.conftest import PASSWORD
 from tests.web.helpers import (
     add,
@@ -131,3 +134,24 @@ async def test_a_log_out_the_database_cannot_take_still_signs_this_browser_out(u
         await user.should_see('Log in', retries=200)
     await user.open('/')
     await user.should_see('Log in')
+
+
+async def test_a_page_whose_database_cannot_be_reached_says_so_instead_of_failing(
+    user: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create_first_account(user)
+    original = runtime.current()
+    port = free_port()  # nothing listens there: a database server that is down
+    unreachable = Database(f'postgresql+asyncpg://postgres@127.0.0.1:{port}/casebook')
+    runtime.install(dataclasses.replace(original, database=unreachable))
+    try:
+        for path in ('/', '/login', '/admin'):
+            await user.open(path)
+            await user.should_see('Casebook cannot reach its database just now')
+            await user.should_see('Try again')
+    finally:
+        runtime.install(original)
+        await unreachable.dispose()
+    await user.open('/')
+    await user.should_see('User: Dr. Ada | Patient: (not set)')
+    assert any('page / not shown' in record.getMessage() for record in caplog.records)

@@ -12,16 +12,16 @@ from casebook import metrics
 from casebook.services import accounts, audit
 from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
-from casebook.web.attempt import NotDone, attempt, record
+from casebook.web.attempt import NotDone, attempt, database_page, record
 from casebook.web.components import duration, form_card, show_error
 
 log = logging.getLogger(__name__)
 
 
 def register() -> None:
-    ui.page('/setup', title='Set up Casebook')(setup_page)
-    ui.page('/login', title='Log in · Casebook')(login_page)
-    ui.page('/register', title='Create account · Casebook')(register_page)
+    ui.page('/setup', title='Set up Casebook')(database_page(setup_page))
+    ui.page('/login', title='Log in · Casebook')(database_page(login_page))
+    ui.page('/register', title='Create account · Casebook')(database_page(register_page))
 
 
 async def setup_page() -> RedirectResponse | None:

@@ -23,7 +23,7 @@ from casebook.services import accounts, audit, sessions
 from casebook.services.errors import CasebookError
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, downloads, runtime
-from casebook.web.attempt import UNREACHABLE, NotDone, attempt, record
+from casebook.web.attempt import UNREACHABLE, NotDone, attempt, database_page, record
 from casebook.web.components import heading, theme_switch
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ ACTIVITY_DAYS = 30
 
 
 def register() -> None:
-    ui.page('/admin', title='Admin · Casebook')(admin_page)
+    ui.page('/admin', title='Admin · Casebook')(database_page(admin_page))
     app.add_api_route('/admin/audit.csv', audit_csv, methods=['GET'], include_in_schema=False)
 
 

@@ -23,7 +23,7 @@ from casebook.services.conversations import ConversationInfo
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, lifecycle, runtime
-from casebook.web.attempt import UNREACHABLE, NotDone, attempt
+from casebook.web.attempt import UNREACHABLE, NotDone, attempt, database_page
 from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
@@ -56,7 +56,7 @@ OPEN_TABS: weakref.WeakSet[Workspace] = weakref.WeakSet()
 
 
 def register() -> None:
-    ui.page('/', title='Casebook')(workspace_page)
+    ui.page('/', title='Casebook')(database_page(workspace_page))
     app.on_shutdown(flush_all_drafts)  # registered before NiceGUI's own, which closes the notebooks' files
     lifecycle.on_stop(flush_all_drafts)  # and on SIGTERM before the tabs are moved to another instance
 
