@@ -34,7 +34,6 @@ from pathlib import Path
 if __package__ in (None, ''):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
 import redis.asyncio as redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -63,6 +62,7 @@ from bench.load import (
     _client_life,
     _prepare,
     _ramped,
+    tab_session,
 )
 
 REDIS_URL = 'redis://127.0.0.1:6379/0'
@@ -237,11 +237,7 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
         await asyncio.to_thread(cluster.start)
         stats = Stats()
         delivery: list[float] = []
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
-        async with aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
-        ) as http:
+        async with tab_session(CONNECT_TIMEOUT) as http:
             load_clients = [Client(http, cluster.url, account, stats) for account in accounts[:clients]]
             senders = [Client(http, cluster.instance_urls[0], account, stats) for account in accounts[clients:]]
             watchers = [

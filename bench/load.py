@@ -205,6 +205,16 @@ class Stats:
             self.error_examples.append(f'{kind}: {detail}'[:300])
 
 
+def tab_session(connect_timeout: float | None = None) -> aiohttp.ClientSession:
+    """HTTP for simulated tabs: a new connection for every request (see the module's docstring) and no shared
+    cookie jar (each Client sends its own cookies); `connect_timeout` also lifts aiohttp's 5-minute total limit."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    if connect_timeout is None:
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout)
+
+
 class Client:
     """One tab: a page load and a socket.io websocket, speaking the frames nicegui.js speaks."""
 
@@ -371,10 +381,13 @@ class Client:
         await self.set_value('Username', self.account.username)
         await self.set_value('Password', PASSWORD)
         await self.click('Log in')
-        path = await asyncio.wait_for(self.navigations.get(), CONNECT_TIMEOUT)
+        await self.follow(await asyncio.wait_for(self.navigations.get(), CONNECT_TIMEOUT))
+
+    async def follow(self, path: str) -> Page:
+        """The server sent this tab elsewhere (`ui.navigate`): leave the page and load that one, as a browser does."""
         await self.close()
         self.closed = False
-        await self.load(path or '/')
+        return await self.load(path or '/')
 
     async def start(self, form: bool) -> None:
         if form:
@@ -475,11 +488,7 @@ async def run_once(
         'send_interval_s': SEND_INTERVAL,
     }
     with server:
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a new connection for every request
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
-        async with aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
-        ) as http:
+        async with tab_session(CONNECT_TIMEOUT) as http:
             clients = [Client(http, server.base_url, account, stats) for account in accounts]
             ramp, ready, go = asyncio.Semaphore(RAMP_CONCURRENCY), asyncio.Event(), asyncio.Event()
             stop_at = [float('inf')]

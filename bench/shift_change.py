@@ -42,7 +42,7 @@ from bench.common import (
     work_dir,
     write_result,
 )
-from bench.load import PASSWORD, Account, Client, Refused, Stats, _prepare
+from bench.load import PASSWORD, Account, Client, Refused, Stats, _prepare, tab_session
 
 # what the login page says when a sign-in did not happen (casebook/web/pages/accounts.py)
 TOLD = ('Could not sign you in', 'Too many attempts', 'Username or password is incorrect')
@@ -98,9 +98,7 @@ async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, 
             text = next(text for text, future in told.items() if future in done)
             return Outcome(account.username, 'told', detail=text)
         path = navigation.result()
-        await client.close()
-        client.closed = False
-        page = await asyncio.wait_for(client.load(path or '/'), patience)
+        page = await asyncio.wait_for(client.follow(path), patience)
         if not any(e.get('props', {}).get('label') == 'Type message here' for e in page.elements.values()):
             return Outcome(account.username, 'failed', detail=f'{path} led to a page without the workspace')
         return Outcome(account.username, 'signed-in', seconds=time.perf_counter() - clicked)
@@ -112,11 +110,7 @@ async def sign_in(http: aiohttp.ClientSession, base_url: str, account: Account, 
 
 async def burst(base_url: str, accounts: list[Account], *, rate: float, patience: float = TIMEOUT) -> Burst:
     """Every account signs in once, one starting every 1/rate seconds; waits (bounded) for all of them."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a new connection per request, as browsers do
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=patience)
-    async with aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=client_timeout
-    ) as http:
+    async with tab_session(patience) as http:
         started = time.monotonic()
         tasks = []
         for index, account in enumerate(accounts):

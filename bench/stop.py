@@ -28,10 +28,9 @@ from pathlib import Path
 if __package__ in (None, ''):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
 
 from bench.common import RESULTS, casebook_server, log, machine, work_dir, write_result
-from bench.load import RAMP_CONCURRENCY, Client, Stats, _prepare
+from bench.load import RAMP_CONCURRENCY, Client, Stats, _prepare, tab_session
 
 EXIT_TIMEOUT = 30.0  # a bound for this script, not the target (10 s)
 ACK_TIMEOUT = 10.0
@@ -76,8 +75,7 @@ async def run_once(count: int, *, send_every: float, before: float, hold_write_l
     acked: list[float] = []
     result: dict = {'clients': count, 'send_every_s': send_every, 'hold_write_lock_s': hold_write_lock}
     try:
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with tab_session() as http:
             clients = [Client(http, server.base_url, account, Stats()) for account in accounts]
             ramp = asyncio.Semaphore(RAMP_CONCURRENCY)
 

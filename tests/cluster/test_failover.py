@@ -23,7 +23,7 @@ from playwright.sync_api import expect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.load import Client, Refused, Stats
+from bench.load import Client, Refused, Stats, tab_session
 from casebook.db import run_on_own_loop
 from tests.cluster.conftest import signed_in_tabs
 
@@ -157,8 +157,7 @@ async def _load_and_kill(running, tmp_path: Path) -> None:
     after_kill: Counter[int] = Counter()
     killed_at: list[float] = []
     moved: Counter[int] = Counter()  # tabs that lost their socket and loaded the page again
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with tab_session() as http:
         clients = [Client(http, running.url, account, stats) for account in accounts]
         await asyncio.gather(*(client.start(False) for client in clients))
         stop_at = time.monotonic() + BEFORE_KILL + AFTER_KILL

@@ -43,7 +43,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import casebook_server
-from bench.load import Client, Refused, Stats, _prepare
+from bench.load import Client, Refused, Stats, _prepare, tab_session
 from casebook.db import run_on_own_loop
 from tests.cluster.conftest import REDIS_URL, signed_in_tabs
 from tests.cluster.test_failover import _serving_instance, _trails
@@ -139,8 +139,7 @@ async def _send_and_stop(server, accounts, database: Path) -> tuple[Run, float, 
     """Tabs send (some type a draft); SIGTERM mid-load, with sends held up in flight. What the tabs did, seconds to
     exit, the exit status."""
     run = Run()
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with tab_session() as http:
         clients = [Client(http, server.base_url, account, Stats()) for account in accounts]
         ramp = asyncio.Semaphore(RAMP)
         await asyncio.gather(*(_opened(client, ramp) for client in clients))
@@ -209,8 +208,7 @@ async def _reopen_and_resend(server, accounts) -> dict[int, str]:
     """Each tab loads the page from the restarted server; what its composer holds is sent again, except drafts.
     Returns what each composer held."""
     composers: dict[int, str] = {}
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with tab_session() as http:
         clients = [Client(http, server.base_url, account, Stats()) for account in accounts]
         ramp = asyncio.Semaphore(RAMP)
 
@@ -304,8 +302,7 @@ async def _stop_one_instance(running, tmp_path: Path) -> None:
     stopped_at: list[float] = []
     moved: Counter[int] = Counter()  # tabs that lost their socket and loaded the page again
     trails: dict[int, list[str]] = {account.index: [] for account in accounts}
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with tab_session() as http:
         clients = [Client(http, running.url, account, Stats()) for account in accounts]
         await asyncio.gather(*(client.start(False) for client in clients))
         stop_at = time.monotonic() + CLUSTER_BEFORE + CLUSTER_AFTER

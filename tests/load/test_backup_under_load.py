@@ -13,10 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-import aiohttp
-
 from bench.common import casebook_cli, casebook_server
-from bench.load import Client, Refused, Stats, _prepare
+from bench.load import Client, Refused, Stats, _prepare, tab_session
 from casebook.db import run_on_own_loop
 
 TABS = 12
@@ -42,8 +40,7 @@ async def send_through_a_backup(base_url: str, accounts, data_dir: Path, backup:
     """Tabs send; a backup runs in its own process meanwhile. What was acknowledged when, and when the backup began."""
     acked: dict[str, float] = {}
     stop = asyncio.Event()
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with tab_session() as http:
         clients = [Client(http, base_url, account, Stats()) for account in accounts]
         await asyncio.gather(*(client.start(False) for client in clients))  # signed in, each its patient open
         tabs = [asyncio.create_task(keep_sending(client, acked, stop)) for client in clients]
@@ -59,9 +56,7 @@ async def send_through_a_backup(base_url: str, accounts, data_dir: Path, backup:
 
 async def sign_in_again(base_url: str, account, newest: str) -> None:
     """The login form with the old password, then the clinician's patient: the newest note is on the page."""
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=True), cookie_jar=aiohttp.DummyCookieJar()
-    ) as http:
+    async with tab_session() as http:
         client = Client(http, base_url, account, Stats())
         try:
             await client.log_in_with_form()

@@ -42,10 +42,7 @@ async def _signed_in_tab(base_url: str, http: aiohttp.ClientSession, wrong_passw
     await tab.wait('Username or password is incorrect.', refused, WAIT)
     await tab.set_value('Password', PASSWORD)
     await tab.click('Log in')
-    path = await asyncio.wait_for(tab.navigations.get(), WAIT)
-    await tab.close()
-    tab.closed = False
-    await tab.load(path or '/')
+    await tab.follow(await asyncio.wait_for(tab.navigations.get(), WAIT))
     await tab.connect()
     opened = tab.expect(f'Patient: {tab.patient_id}')
     await tab.set_value('Patient ID', tab.patient_id)
