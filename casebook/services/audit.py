@@ -44,6 +44,7 @@ ADMIN_ENABLE = 'admin-enable'
 ADMIN_RESET_PASSWORD = 'admin-reset-password'  # noqa: S105 (an action's name)
 ADMIN_CHANGE_ROLE = 'admin-change-role'
 ADMIN_AUDIT_EXPORT = 'admin-audit-export'
+SEARCH = 'search'  # detail: the scope and the number of hits shown, never the words searched
 ACTIONS = (
     SIGN_IN,
     SIGN_IN_FAILED,
@@ -63,6 +64,7 @@ ACTIONS = (
     ADMIN_RESET_PASSWORD,
     ADMIN_CHANGE_ROLE,
     ADMIN_AUDIT_EXPORT,
+    SEARCH,
 )
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode  # built once: hashed per row
 CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash')

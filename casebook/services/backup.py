@@ -59,7 +59,7 @@ from casebook.models import (
     Message,
     UTCDateTime,
 )
-from casebook.services import audit
+from casebook.services import audit, search
 from casebook.services.errors import CasebookError
 
 FORMAT = 'casebook.backup.v1'
@@ -71,7 +71,8 @@ TABLES: tuple[Table, ...] = tuple(
     for model in (Installation, Clinician, Conversation, Message, EnteredInError, AuditEvent, AuditHead)
 )
 # Left out on purpose: sign-ins end with a restore (everyone signs in again), and the chart's hourly counts are
-# derived from the audit trail and rebuilt on first need. A new table must be named in one of the two.
+# derived from the audit trail and rebuilt on first need. A new table must be named in one of the two. The search
+# index (search.TABLE, made by its migration's own SQL, not a model) is rebuilt from the messages by a restore.
 NOT_BACKED_UP = frozenset({'auth_sessions', 'activity_hours', 'activity_rollup'})
 BATCH = 5000  # rows per read, per write and per insert: memory stays flat, round trips stay few
 COMPRESSLEVEL = 1  # gzip level: 1 is about 3x faster than 6 and the file only ~20% larger
@@ -673,6 +674,7 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
                 _refuse_in_use(connection)
                 _insert_all(connection, path, progress)
                 verdict = _verify(connection, summary, path)
+                search.rebuild(connection)  # derived from the messages: every restored message is findable
         finally:
             engine.dispose()
     except (SQLAlchemyError, OSError) as error:  # OSError: the async driver's refused connection, when migrating

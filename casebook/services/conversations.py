@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from casebook.models import Clinician, Conversation, EnteredInError, Message, utcnow
-from casebook.services import audit
+from casebook.services import audit, search
 from casebook.services.accounts import ClinicianInfo
 from casebook.services.errors import InvalidInput, NotFound
 
@@ -313,6 +313,7 @@ def post_message_sync(
         if row is None:  # cannot happen while messages are never deleted
             raise NotFound('No such message.')
         return _message_info(*row), False
+    search.index_message(connection, new_id, clinician.id, conversation_id, text)  # findable once acknowledged
     action, detail = (
         (audit.MESSAGE_WRITTEN, f'message {new_id}')
         if amends_id is None

@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from casebook.models import Clinician, Conversation, EnteredInError, Message, utcnow
+from casebook.services import search
 from casebook.services.accounts import ClinicianInfo
 from casebook.services.conversations import MESSAGE_MAX, normalize_message, normalize_patient_id
 from casebook.services.errors import InvalidInput, NotFound
@@ -775,12 +776,30 @@ class _Batches:
         return self.conversation_id, record.client_id, self.clinician.id, record.sender, record.text, sent_at, amends_id
 
     async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store the rows and index them for search, in the import's transaction."""
         connection = await self.session.connection()
+        clinician_id, conversation_id = self.clinician.id, self.conversation_id
         if self.sqlite:
+            # SQLite has one writer, and this import is it: the new rows get the ids after the highest one.
+            highest = (await connection.exec_driver_sql('SELECT max(id) FROM messages')).scalar() or 0
             # Straight to the driver: SQLAlchemy's bind processing, row by row, is a third of a big import's time.
             await connection.exec_driver_sql(_SQLITE_INSERT, rows)
+            stored = await connection.exec_driver_sql(
+                'SELECT id, text FROM messages WHERE id > ? ORDER BY id', (highest,)
+            )
+            found = [(message_id, clinician_id, conversation_id, body) for message_id, body in stored]
         else:
-            await connection.execute(insert(Message.__table__), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+            table = Message.__table__
+            ids = await connection.execute(
+                insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                [dict(zip(_COLUMNS, row, strict=True)) for row in rows],
+            )
+            texts = [row[4] for row in rows]
+            found = [
+                (message_id, clinician_id, conversation_id, body)
+                for message_id, body in zip(ids.scalars(), texts, strict=True)
+            ]
+        await connection.run_sync(lambda sync: search.index_rows(sync, found))
 
     async def _resolve(self, client_ids: list[str]) -> None:
         """Learn the row ids of these messages of the conversation."""

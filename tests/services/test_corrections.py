@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select
 
 from casebook.models import Base, Message
-from casebook.services import conversations
+from casebook.services import conversations, search
 from casebook.services.errors import NotFound
 from tests.conftest import add_clinician
 
@@ -102,6 +102,8 @@ async def test_pages_after_an_id(database):
 async def test_migrations_build_exactly_the_models(database):
     async with database.engine.connect() as connection:
         differences = await connection.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={'include_name': search.alembic_include_name}), Base.metadata
+            )
         )
     assert differences == []

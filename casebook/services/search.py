@@ -1,0 +1,463 @@
+"""Full-text search over one clinician's own notes, answered from an index on SQLite and PostgreSQL alike.
+
+Both engines are given the same words: the text is cut into words here, in Python, and the index holds exactly
+those (an FTS5 table on SQLite, a tsvector on PostgreSQL, built from a literal so PostgreSQL's own parser never
+sees the text). A query is cut by the same rules and handed to the engine as quoted words only, so nothing
+typed is ever read as index syntax. The rules:
+
+- a word is a run of letters and digits; `38.4` (digits with dots between them) is one word;
+- case and accents are ignored (`FIÈVRE` and `fievre` are the same word);
+- every word of a query must occur, and matches as the start of a word (`parac` finds "paracetamol");
+- words in double quotes must occur together in that order, each whole (a quote left open: the last word is
+  still being typed, so it matches as the start of a word).
+
+The index row of a message is written in the transaction that stores the message, so a message acknowledged is
+a message findable. Results come newest first, a page at a time, keyset on the message id (never OFFSET).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from casebook.models import Clinician, Conversation, EnteredInError, Message
+from casebook.services import audit
+from casebook.services.accounts import ClinicianInfo
+from casebook.services.errors import InvalidInput
+
+QUERY_MAX = 200  # characters a query may have
+WORDS_MAX = 16  # words a query may hold, quoted or not
+WORD_MAX = 100  # characters of a word that are indexed and compared (PostgreSQL refuses lexemes over 2 KB)
+PAGE = 20  # results per page
+SNIPPET = 180  # characters of a result's snippet, about
+TABLE = 'message_search'
+
+
+def is_index_table(name: str) -> bool:
+    """The index's tables (on SQLite, FTS5's shadow tables too): derived from messages, never in a backup."""
+    return name == TABLE or name.startswith(f'{TABLE}_')
+
+
+def alembic_include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """For Alembic's comparisons: the index is made by its migration's own SQL (an FTS5 table on SQLite), not
+    by the models."""
+    return not (type_ == 'table' and name is not None and is_index_table(name))
+
+
+SQLITE_CREATE = (
+    f"CREATE VIRTUAL TABLE {TABLE} USING fts5(terms, scope, content='', columnsize=0, "
+    "tokenize=\"unicode61 remove_diacritics 0 tokenchars '.'\", prefix='1 2')",
+    f'CREATE TABLE {TABLE}_words (word TEXT PRIMARY KEY) WITHOUT ROWID',
+)
+EXPANSIONS_MAX = 64  # a word's start is looked up as the whole words it begins, up to this many
+
+_WORD = re.compile(r'\d+(?:\.\d+)+(?![^\W_])|[^\W_]+')
+
+
+# ---------------------------------------------------------------------------------------------------- words
+
+
+def fold(word: str) -> str:
+    """Lower case without accents: compatibility-decomposed, combining marks dropped, case-folded."""
+    if word.isascii():
+        return word.lower()
+    return ''.join(ch for ch in unicodedata.normalize('NFKD', word) if not unicodedata.combining(ch)).casefold()
+
+
+def _raw_words(text: str) -> Iterator[re.Match[str]]:
+    return _WORD.finditer(text)
+
+
+def _folded(raw: str) -> list[str]:
+    """The indexed words of one word as written (folding may split it: `½` is `1⁄2`)."""
+    if raw.isascii():
+        return [raw.lower()[:WORD_MAX]]
+    return [word[:WORD_MAX] for word in _WORD.findall(fold(raw))]
+
+
+def words(text: str) -> list[str]:
+    """The words of a text, as the index holds them, in order."""
+    if text.isascii():  # the common case, and the same result as the general one
+        return [word[:WORD_MAX] for word in _WORD.findall(text.lower())]
+    found: list[str] = []
+    for match in _raw_words(unicodedata.normalize('NFC', text)):
+        found.extend(_folded(match.group()))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class Term:
+    """Words that must occur in this order (one word, or a quoted phrase); the last may be the start of a word."""
+
+    words: tuple[str, ...]
+    prefix: bool
+
+    def matches(self, word: str) -> bool:
+        """Whether `word` (as indexed) is one of this term's words, for marking snippets."""
+        *whole, last = self.words
+        return word in whole or (word.startswith(last) if self.prefix else word == last)
+
+
+@dataclass(frozen=True)
+class Query:
+    terms: tuple[Term, ...]
+
+
+def parse(raw: object) -> Query:
+    """A query as typed, checked; refused with a message a clinician can act on."""
+    if not isinstance(raw, str):
+        raise InvalidInput('Type a word to search for.')
+    if len(raw) > QUERY_MAX:
+        raise InvalidInput(
+            f'The search is too long: at most {QUERY_MAX} characters (this one has {len(raw):,}). '
+            'A few distinctive words find a note best.'
+        )
+    terms: list[Term] = []
+    parts = raw.split('"')
+    for index, part in enumerate(parts):
+        found = words(part)
+        if not found:
+            continue
+        if index % 2:  # inside quotes
+            left_open = index == len(parts) - 1
+            terms.append(Term(tuple(found), prefix=left_open))
+        else:
+            terms.extend(Term((word,), prefix=True) for word in found)
+    if not terms:
+        raise InvalidInput('Type a word to search for (letters or digits).')
+    if sum(len(term.words) for term in terms) > WORDS_MAX:
+        raise InvalidInput(f'The search has too many words: at most {WORDS_MAX}.')
+    unique = tuple(dict.fromkeys(terms))  # the same word twice finds the same notes
+    return Query(unique)
+
+
+def _fts5_expression(connection: Connection, query: Query, scopes: Iterable[str]) -> str | None:
+    """An FTS5 MATCH expression of quoted words only (a word never holds a quote: see `_WORD`); None when a word
+    starts no word in the index, so nothing can match.
+
+    FTS5 reads a word's list lazily, newest first, and stops at a page of results; but for `start*` it first
+    merges the lists of every word that begins so, whole. So the start of a word is asked as the whole words it
+    begins (looked up in the vocabulary table) when they are few, and as FTS5's prefix otherwise; the starts of
+    one or two characters, which begin too many words, have their own lists in the index (`prefix='1 2'`).
+    """
+    parts = [f'scope : "{scope}"' for scope in scopes]
+    for term in query.terms:
+        if term.prefix and len(term.words) == 1 and len(term.words[0]) > 2:
+            (start,) = term.words
+            found = connection.execute(_SQLITE_EXPAND, {'start': start, 'end': start + _LAST}).scalars().all()
+            if not found:
+                return None
+            if len(found) <= EXPANSIONS_MAX:
+                parts.append('terms : (' + ' OR '.join(f'"{word}"' for word in found) + ')')
+                continue
+        phrase = '"' + ' '.join(term.words) + '"'
+        parts.append(f'terms : {phrase}{" *" if term.prefix else ""}')
+    return ' AND '.join(parts)
+
+
+_LAST = '\U0010ffff'  # sorts after every character a word can hold
+_SQLITE_EXPAND = text(
+    f'SELECT word FROM {TABLE}_words WHERE word >= :start AND word < :end '  # noqa: S608
+    f'ORDER BY word LIMIT {EXPANSIONS_MAX + 1}'
+)
+
+
+def _tsquery(query: Query) -> str:
+    """A tsquery literal of quoted lexemes (cast, never parsed by a text search configuration)."""
+
+    def lexeme(word: str, prefix: bool) -> str:
+        quoted = "'" + word.replace('\\', '\\\\').replace("'", "''") + "'"
+        return quoted + (':*' if prefix else '')
+
+    parts = []
+    for term in query.terms:
+        last = len(term.words) - 1
+        items = [lexeme(word, term.prefix and i == last) for i, word in enumerate(term.words)]
+        parts.append(items[0] if len(items) == 1 else '(' + ' <-> '.join(items) + ')')
+    return ' & '.join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------- the index
+
+
+def tsvector_literal(text_: str) -> str:
+    """The tsvector of a text, as a literal: each word with its positions (1-based, capped as PostgreSQL caps)."""
+    positions: dict[str, list[str]] = {}
+    for position, word in enumerate(words(text_), start=1):
+        positions.setdefault(word, []).append(str(min(position, 16383)))
+    return ' '.join(
+        "'" + word.replace('\\', '\\\\').replace("'", "''") + "':" + ','.join(places[:256])
+        for word, places in positions.items()
+    )
+
+
+def _scope_words(clinician_id: int, conversation_id: int) -> str:
+    return f'u{clinician_id} c{conversation_id}'
+
+
+_SQLITE_INDEX = f'INSERT INTO {TABLE} (rowid, terms, scope) VALUES (?, ?, ?)'  # noqa: S608 (our own table)
+_SQLITE_VOCABULARY = f'INSERT OR IGNORE INTO {TABLE}_words (word) VALUES (?)'  # noqa: S608
+_POSTGRES_INDEX = text(
+    f'INSERT INTO {TABLE} (message_id, clinician_id, conversation_id, terms) '  # noqa: S608
+    'VALUES (:id, :clinician, :conversation, CAST(:terms AS tsvector))'
+)
+
+
+def index_rows(connection: Connection, rows: Sequence[tuple[int, int, int, str]]) -> None:
+    """Index these messages, given as (message id, clinician id, conversation id, text), in the caller's
+    transaction."""
+    if not rows:
+        return
+    if connection.dialect.name == 'postgresql':
+        params = [
+            {'id': m, 'clinician': c, 'conversation': v, 'terms': tsvector_literal(body)} for m, c, v, body in rows
+        ]
+        connection.execute(_POSTGRES_INDEX, params)
+    else:
+        params, vocabulary = [], set()
+        for message_id, clinician_id, conversation_id, body in rows:
+            found = words(body)
+            vocabulary.update(found)
+            params.append((message_id, ' '.join(found), _scope_words(clinician_id, conversation_id)))
+        connection.exec_driver_sql(_SQLITE_INDEX, params)
+        if vocabulary:
+            connection.exec_driver_sql(_SQLITE_VOCABULARY, [(word,) for word in vocabulary])
+
+
+def index_message(connection: Connection, message_id: int, clinician_id: int, conversation_id: int, body: str) -> None:
+    """Index one message, in the transaction that stores it."""
+    index_rows(connection, [(message_id, clinician_id, conversation_id, body)])
+
+
+REBUILD_BATCH = 5000
+
+
+def rebuild(connection: Connection, *, after_id: int = 0) -> int:
+    """Index every message with an id above `after_id` (a migration, a restore); how many were indexed.
+
+    Batched on the message id, so memory stays flat whatever the number of messages."""
+    query = (
+        select(Message.id, Conversation.clinician_id, Message.conversation_id, Message.text)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.id > bindparam('after'))
+        .order_by(Message.id)
+        .limit(REBUILD_BATCH)
+    )
+    done = 0
+    while True:
+        rows = [tuple(row) for row in connection.execute(query, {'after': after_id})]
+        if not rows:
+            return done
+        index_rows(connection, rows)  # type: ignore[arg-type]
+        done += len(rows)
+        after_id = rows[-1][0]
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One message found: where it is, who wrote it, and a snippet as (text, matched) pieces."""
+
+    message_id: int
+    conversation_id: int
+    patient_id: str
+    sender_role: str
+    author_name: str
+    sent_at: object  # datetime
+    text: str
+    snippet: tuple[tuple[str, bool], ...]
+    amends_id: int | None = None
+    entered_in_error: bool = False
+    corrected: bool = False
+
+    @property
+    def status(self) -> str:
+        notes = []
+        if self.amends_id is not None:
+            notes.append('Correction')
+        if self.corrected:
+            notes.append('Corrected later')
+        if self.entered_in_error:
+            notes.append('Entered in error')
+        return ' · '.join(notes)
+
+
+@dataclass(frozen=True)
+class Results:
+    hits: tuple[Hit, ...]
+    more: bool  # older hits exist: ask again with `before` = the last hit's message id
+
+
+def snippet(body: str, query: Query, width: int = SNIPPET) -> tuple[tuple[str, bool], ...]:
+    """About `width` characters of the text around its first matched word, on one line, as (text, matched)
+    pieces; the matched words are the ones the query names (as a clinician reads them: accents kept)."""
+    body = unicodedata.normalize('NFC', body)
+    spans = []
+    for match in _raw_words(body):
+        if any(term.matches(word) for word in _folded(match.group()) for term in query.terms):
+            spans.append(match.span())
+    first = spans[0][0] if spans else 0
+    start = 0 if first < width // 3 else first - width // 3
+    if start:  # begin at a word's start
+        space = body.rfind(' ', 0, start)
+        start = space + 1 if space >= 0 and start - space < 20 else start
+    end = min(len(body), start + width)
+    if end < len(body):
+        space = body.rfind(' ', start + width // 2, end)
+        end = space if space > 0 else end
+    pieces: list[tuple[str, bool]] = []
+    at = start
+    for left, right in spans:
+        if right <= start or left >= end:
+            continue
+        left, right = max(left, start), min(right, end)
+        if left > at:
+            pieces.append((body[at:left], False))
+        pieces.append((body[left:right], True))
+        at = right
+    if at < end:
+        pieces.append((body[at:end], False))
+    if start > 0:
+        pieces.insert(0, ('…', False))
+    if end < len(body):
+        pieces.append(('…', False))
+    return tuple((_SPACES.sub(' ', piece), marked) for piece, marked in _merge(pieces))
+
+
+_SPACES = re.compile(r'\s+')  # line breaks and runs of spaces: a snippet is one line
+
+
+def _merge(pieces: Iterable[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    merged: list[tuple[str, bool]] = []
+    for piece, marked in pieces:
+        if merged and merged[-1][1] == marked:
+            merged[-1] = (merged[-1][0] + piece, marked)
+        else:
+            merged.append((piece, marked))
+    return merged
+
+
+_SQLITE_FIND = text(
+    f'SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH :expression AND rowid < :before '  # noqa: S608
+    'ORDER BY rowid DESC LIMIT :limit'
+)
+_POSTGRES_FIND = text(
+    f'SELECT message_id FROM {TABLE} WHERE clinician_id = :clinician '  # noqa: S608
+    'AND (CAST(:conversation AS integer) IS NULL OR conversation_id = :conversation) '
+    'AND terms @@ CAST(:query AS tsquery) AND message_id < :before '
+    'ORDER BY message_id DESC LIMIT :limit'
+)
+_POSTGRES_FIND_IN = text(
+    f'SELECT message_id FROM {TABLE} WHERE conversation_id = :conversation AND clinician_id = :clinician '  # noqa: S608
+    'AND terms @@ CAST(:query AS tsquery) AND message_id < :before '
+    'ORDER BY message_id DESC LIMIT :limit'
+)
+NO_LIMIT = 2**62
+
+
+def find_sync(
+    session: Session,
+    *,
+    clinician: ClinicianInfo,
+    query: Query,
+    conversation_id: int | None = None,
+    before: int | None = None,
+    limit: int = PAGE,
+) -> Results:
+    """The clinician's messages matching `query` (only in one conversation of theirs when given), newest first,
+    older than message `before` when given. Reads only."""
+    limit = max(1, min(limit, 1000))
+    connection = session.connection()
+    params = {'before': before if before is not None else NO_LIMIT, 'limit': limit + 1}
+    if connection.dialect.name == 'postgresql':
+        # every query planned for its own words: a generic plan cannot tell a rare word from a common one
+        connection.exec_driver_sql('SET LOCAL plan_cache_mode = force_custom_plan')
+        params |= {'clinician': clinician.id, 'query': _tsquery(query)}
+        if conversation_id is not None:
+            ids = list(connection.execute(_POSTGRES_FIND_IN, params | {'conversation': conversation_id}).scalars())
+        else:
+            ids = list(connection.execute(_POSTGRES_FIND, params | {'conversation': None}).scalars())
+    else:
+        scopes = [f'u{clinician.id}'] + ([f'c{conversation_id}'] if conversation_id is not None else [])
+        expression = _fts5_expression(connection, query, scopes)
+        if expression is None:
+            return Results((), False)
+        ids = list(connection.execute(_SQLITE_FIND, params | {'expression': expression}).scalars())
+    more = len(ids) > limit
+    ids = ids[:limit]
+    return Results(_hits(session, clinician, query, ids), more)
+
+
+def _hits(session: Session, clinician: ClinicianInfo, query: Query, ids: list[int]) -> tuple[Hit, ...]:
+    """The found messages as hits, newest first; only the clinician's own (checked again, whatever the index says)."""
+    if not ids:
+        return ()
+    rows = session.execute(
+        select(Message, Conversation.patient_id, Clinician.display_name)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .join(Clinician, Clinician.id == Message.author_id)
+        .where(Message.id.in_(ids), Conversation.clinician_id == clinician.id)
+        .order_by(Message.id.desc())
+    ).all()
+    marked = set(session.scalars(select(EnteredInError.message_id).where(EnteredInError.message_id.in_(ids))))
+    corrected = set(session.scalars(select(Message.amends_id).where(Message.amends_id.in_(ids))))
+    return tuple(
+        Hit(
+            message.id,
+            message.conversation_id,
+            patient_id,
+            message.sender_role,
+            author,
+            message.sent_at,
+            message.text,
+            snippet(message.text, query),
+            message.amends_id,
+            message.id in marked,
+            message.id in corrected,
+        )
+        for message, patient_id, author in rows
+    )
+
+
+def audit_entry(
+    clinician: ClinicianInfo, *, patient_id: str | None, results: Results, address: str = ''
+) -> audit.Entry:
+    """The audit row of a search: who, where (all patients or which), how many hits shown; never the words."""
+    hits = f'{len(results.hits)}{"+" if results.more else ""}'
+    scope = 'this patient' if patient_id is not None else 'all patients'
+    return audit.Entry(audit.SEARCH, clinician.id, clinician.username, patient_id, address, f'{scope}, {hits} hits')
+
+
+def search_sync(
+    session: Session,
+    *,
+    clinician: ClinicianInfo,
+    query: Query,
+    patient_id: str | None = None,
+    conversation_id: int | None = None,
+    before: int | None = None,
+    limit: int = PAGE,
+    address: str = '',
+    audited: bool = True,
+) -> Results:
+    """One unit of work: the search, then (for a new search, not a further page) its audit row, committed."""
+    results = find_sync(
+        session, clinician=clinician, query=query, conversation_id=conversation_id, before=before, limit=limit
+    )
+    if audited:
+        audit.record_sync(session, audit_entry(clinician, patient_id=patient_id, results=results, address=address))
+        session.commit()
+    else:
+        session.rollback()
+    return results
