@@ -16,7 +16,7 @@ from nicegui.events import GenericEventArguments
 from sqlalchemy.orm import Session
 
 from casebook.db import DATABASE_ERRORS
-from casebook.services import search, sessions
+from casebook.services import search
 from casebook.services.errors import CasebookError
 from casebook.services.search import Hit, Query, Results
 from casebook.services.sessions import SignedIn
@@ -183,19 +183,15 @@ class SearchPanel:
     async def _run_search(self, query: Query, *, before: int | None) -> Results | None:
         """One unit of work: the session, the search, and (for a new search) its audit row; None when not done
         (the user told, or sent to the login page)."""
-        rt = runtime.current()
-        token, clinician_id, limits, address = self.token, self.clinician.id, rt.limits, self.address
         conversation = self.conversation if self.search_scope.value else None
         if self.search_scope.value and conversation is None:
             self._show_found([], more=False, message='Open a patient to search only their notes.')
             return None
+        address = self.address
 
-        def work(session: Session) -> tuple[SignedIn | None, Results | None]:
-            signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
-            if signed is None or signed.clinician.id != clinician_id:
-                return signed, None
-            session.commit()  # the session's last use, before the search reads
-            results = search.search_sync(
+        def work(session: Session, signed: SignedIn) -> Results:
+            session.commit()  # the session's check is written before the search reads (no lock held meanwhile)
+            return search.search_sync(
                 session,
                 clinician=signed.clinician,
                 query=query,
@@ -205,12 +201,11 @@ class SearchPanel:
                 address=address,
                 audited=before is None,
             )
-            return signed, results
 
         if before is None:
             self.search_status.set_text('Searching…')
         try:
-            signed, results = await rt.database.run(work)
+            signed, results = await runtime.current().database.run(self._for_this_session(work))
         except DATABASE_ERRORS as error:
             log.warning('search not done: %s', type(error).__name__)  # never the words searched
             if not self.client.is_deleted:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.responses import RedirectResponse
 from nicegui import app, ui
+from sqlalchemy.orm import Session
 
 from casebook.db import DATABASE_ERRORS
 from casebook.live import Resync, SessionsEnded, clinician_topic
-from casebook.services import accounts, conversations
+from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
@@ -33,6 +36,8 @@ from casebook.web.pages.search_panel import SearchPanel
 from casebook.web.safeguards import IdleWatch, password_form, show_sessions
 
 log = logging.getLogger(__name__)
+T = TypeVar('T')
+Checked = tuple[SignedIn | None, T | None]  # the session as checked, and what the work gave (None: not done)
 
 # Alt+P (or "/" when not typing) puts the cursor in the patient box, from anywhere on the page
 SHORTCUT_JS = """
@@ -274,6 +279,19 @@ class Workspace(Composer, ConversationView, SearchPanel):
             ui.notify(UNREACHABLE, type='negative')
             return False
         return self._accept(signed)
+
+    def _for_this_session(self, work: Callable[[Session, SignedIn], T]) -> Callable[[Session], Checked[T]]:
+        """`work` as a unit of work that first checks this tab's session, in the same trip to the database: it runs
+        only while the session lives and is the clinician's this tab acts for. Give the result to `_accept`."""
+        limits, token, clinician_id = runtime.current().limits, self.token, self.clinician.id
+
+        def unit(session: Session) -> Checked[T]:
+            signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
+            if signed is None or signed.clinician.id != clinician_id:
+                return signed, None
+            return signed, work(session, signed)
+
+        return unit
 
     def _accept(self, signed: SignedIn | None) -> bool:
         """Keep acting for this session while it lives; otherwise go to the login page."""
