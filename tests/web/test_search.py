@@ -14,7 +14,7 @@ from casebook.models import AuditEvent
 from casebook.services import accounts, audit, conversations
 from casebook.web import runtime
 from casebook.web.pages.search_panel import HitCard
-from tests.web.helpers import create_first_account, open_patient, send, should_see_message
+from tests.web.helpers import create_first_account, open_patient, send, should_see_message, shown_messages
 
 
 def search(user: User, text: str) -> None:
@@ -96,3 +96,38 @@ async def test_a_forged_choice_of_another_clinicians_message_does_nothing(user: 
     UserInteraction(user, {user.client.layout}, None).trigger('casebook_hit', card.hit.message_id)
     await user.should_not_see('Search results')
     await should_see_message(user, 'mine about paracetamol')
+
+
+async def test_a_result_far_back_then_messages_written_meanwhile_are_reached_by_scrolling_down(user: User) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'PAT1')
+    async with runtime.current().database.session() as session:  # 200 messages, one to find far back
+        ada = await accounts.find_by_username(session, 'ada')
+        conversation = await conversations.open_conversation(session, clinician=ada, patient_id='PAT1')
+        for n in range(200):
+            text = 'paracetamol started' if n == 20 else f'm{n}'
+            await conversations.post_message(
+                session, clinician=ada, conversation_id=conversation.id, client_id=str(uuid.uuid4()), text=text
+            )
+    reading = user.client
+    search(user, 'paracetamol')
+    await should_find(user, [('PAT1', 'paracetamol started')])
+    card = next(e for e in user.client.elements.values() if isinstance(e, HitCard) and e.visible)
+    UserInteraction(user, {user.client.layout}, None).trigger('casebook_hit', card.hit.message_id)
+    await should_see_message(user, 'paracetamol started')
+    assert shown_messages(user) == [f'm{n}' for n in range(0, 20)] + ['paracetamol started'] + [
+        f'm{n}' for n in range(21, 46)
+    ]
+    await user.open('/')  # another tab writes while the first reads far back
+    send(user, 'written meanwhile')
+    await should_see_message(user, 'written meanwhile')
+    user.client = reading
+    assert 'written meanwhile' not in shown_messages(user)  # not appended after m45: the window is not at the end
+    for _ in range(20):
+        if 'written meanwhile' in shown_messages(user):
+            break
+        UserInteraction(user, {user.client.layout}, None).trigger('casebook_near_bottom')
+        await asyncio.sleep(0.1)
+    shown = shown_messages(user)
+    assert shown[-2:] == ['m199', 'written meanwhile']  # contiguous to the newest, nothing lost
+    assert len(set(shown)) == len(shown)  # no message twice
