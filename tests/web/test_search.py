@@ -131,3 +131,24 @@ async def test_a_result_far_back_then_messages_written_meanwhile_are_reached_by_
     shown = shown_messages(user)
     assert shown[-2:] == ['m199', 'written meanwhile']  # contiguous to the newest, nothing lost
     assert len(set(shown)) == len(shown)  # no message twice
+
+
+async def test_more_results_load_as_the_list_is_scrolled_newest_first_none_twice(user: User) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'PAT1')
+    async with runtime.current().database.session() as session:
+        ada = await accounts.find_by_username(session, 'ada')
+        conversation = await conversations.open_conversation(session, clinician=ada, patient_id='PAT1')
+        for n in range(45):
+            await conversations.post_message(
+                session, clinician=ada, conversation_id=conversation.id, client_id=str(uuid.uuid4()), text=f'dose {n}'
+            )
+    search(user, 'dose')
+    expected = [('PAT1', f'dose {n}') for n in reversed(range(45))]
+    await should_find(user, expected[:20])
+    await user.should_see('20 notes found, newest first; more below.')
+    UserInteraction(user, {user.client.layout}, None).trigger('casebook_near_bottom')
+    await should_find(user, expected[:40])
+    user.find(kind=ui.button, content='More results').click()
+    await should_find(user, expected)
+    await user.should_see('45 notes found.')
