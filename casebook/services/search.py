@@ -243,12 +243,28 @@ def index_message(connection: Connection, message_id: int, clinician_id: int, co
 
 
 REBUILD_BATCH = 5000
+POSTGRES_TABLE = (
+    f'CREATE TABLE {TABLE} (message_id bigint PRIMARY KEY REFERENCES messages (id), '
+    'clinician_id integer NOT NULL, conversation_id integer NOT NULL, terms tsvector NOT NULL)'
+)
+# The GIN index is written at once (fastupdate off): a pending list flushed by a send would make that send wait.
+POSTGRES_INDEXES = {
+    f'ix_{TABLE}_terms': f'CREATE INDEX ix_{TABLE}_terms ON {TABLE} USING gin (terms) WITH (fastupdate = off)',
+    f'ix_{TABLE}_clinician': f'CREATE INDEX ix_{TABLE}_clinician ON {TABLE} (clinician_id, message_id)',
+    f'ix_{TABLE}_conversation': f'CREATE INDEX ix_{TABLE}_conversation ON {TABLE} (conversation_id, message_id)',
+}
 
 
-def rebuild(connection: Connection, *, after_id: int = 0) -> int:
+def rebuild(connection: Connection, *, after_id: int = 0, bulk: bool = False) -> int:
     """Index every message with an id above `after_id` (a migration, a restore); how many were indexed.
 
-    Batched on the message id, so memory stays flat whatever the number of messages."""
+    Batched on the message id, so memory stays flat whatever the number of messages. `bulk` (nobody else writes:
+    a migration, a restore into an empty database): on PostgreSQL the indexes are built once at the end, many
+    times faster than kept row by row."""
+    postgres = connection.dialect.name == 'postgresql'
+    if postgres and bulk:
+        for name in POSTGRES_INDEXES:
+            connection.exec_driver_sql(f'DROP INDEX IF EXISTS {name}')
     query = (
         select(Message.id, Conversation.clinician_id, Message.conversation_id, Message.text)
         .join(Conversation, Conversation.id == Message.conversation_id)
@@ -257,13 +273,16 @@ def rebuild(connection: Connection, *, after_id: int = 0) -> int:
         .limit(REBUILD_BATCH)
     )
     done = 0
-    while True:
-        rows = [tuple(row) for row in connection.execute(query, {'after': after_id})]
-        if not rows:
-            return done
+    while rows := [tuple(row) for row in connection.execute(query, {'after': after_id})]:
         index_rows(connection, rows)  # type: ignore[arg-type]
         done += len(rows)
         after_id = rows[-1][0]
+    if postgres and bulk:
+        connection.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+        for statement in POSTGRES_INDEXES.values():
+            connection.exec_driver_sql(statement)
+        connection.exec_driver_sql(f'ANALYZE {TABLE}')
+    return done
 
 
 # ---------------------------------------------------------------------------------------------------- results
