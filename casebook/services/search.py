@@ -450,11 +450,17 @@ def _hits(session: Session, clinician: ClinicianInfo, query: Query, ids: list[in
 
 
 def audit_entry(
-    clinician: ClinicianInfo, *, patient_id: str | None, results: Results, address: str = ''
+    clinician: ClinicianInfo, *, patient_id: str | None, results: Results, address: str = '', actor: str | None = None
 ) -> audit.Entry:
-    """The audit row of a search: who, where (all patients or which), how many hits shown; never the words."""
+    """The audit row of a search: who, where (all patients or which), how many hits shown; never the words.
+
+    `actor` names who searched when it is not the clinician (the command line, as its other commands do): the
+    clinician whose notes were searched is then named in the detail."""
     hits = f'{len(results.hits)}{"+" if results.more else ""}'
     scope = 'this patient' if patient_id is not None else 'all patients'
+    if actor is not None:
+        detail = f'{scope}, {hits} hits, as {clinician.username}'
+        return audit.Entry(audit.SEARCH, None, actor, patient_id, address, detail)
     return audit.Entry(audit.SEARCH, clinician.id, clinician.username, patient_id, address, f'{scope}, {hits} hits')
 
 
@@ -469,13 +475,15 @@ def search_sync(
     limit: int = PAGE,
     address: str = '',
     audited: bool = True,
+    actor: str | None = None,
 ) -> Results:
     """One unit of work: the search, then (for a new search, not a further page) its audit row, committed."""
     results = find_sync(
         session, clinician=clinician, query=query, conversation_id=conversation_id, before=before, limit=limit
     )
     if audited:
-        audit.record_sync(session, audit_entry(clinician, patient_id=patient_id, results=results, address=address))
+        entry = audit_entry(clinician, patient_id=patient_id, results=results, address=address, actor=actor)
+        audit.record_sync(session, entry)
         session.commit()
     else:
         session.rollback()
