@@ -531,8 +531,9 @@ async def clinics(database):
 @given(
     notebook=notebook_strategy,
     searches=st.lists(st.tuples(st.integers(0, 2), query_strategy, st.booleans()), min_size=1, max_size=6),
+    page_size=st.integers(2, 8),
 )
-async def test_a_search_finds_exactly_what_the_rules_say_in_ones_own_notes_only(clinics, notebook, searches):
+async def test_a_search_finds_exactly_what_the_rules_say_in_ones_own_notes_only(clinics, notebook, searches, page_size):
     database, clinicians, written = clinics
     for who, patient_id, notes in notebook:
         conversation, stored = await write(database, clinicians[who], patient_id, *notes)
@@ -555,3 +556,9 @@ async def test_a_search_finds_exactly_what_the_rules_say_in_ones_own_notes_only(
         ]
         assert [hit.message_id for hit in results.hits] == expected, (raw, scope)
         assert all(hit.message_id in mine for hit in results.hits)
+        paged, before, more = [], None, True  # the same a few at a time, keyset on the message id
+        while more:
+            page = await find(database, clinicians[who], raw, conversation_id=scope, before=before, limit=page_size)
+            paged.extend(hit.message_id for hit in page.hits)
+            more, before = page.more, page.hits[-1].message_id if page.hits else None
+        assert paged == expected
