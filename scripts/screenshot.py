@@ -2,7 +2,8 @@
 
 Starts Casebook on a throwaway data dir and a free port, walks the main journey in headless Chromium
 (Debian's /usr/bin/chromium) and writes docs/workspace.png (desktop), docs/workspace-phone.png (a phone set to
-dark mode) and docs/admin.png (the admin's activity chart, after a few failed sign-ins).
+dark mode), docs/search.png (a search across patients) and docs/admin.png (the admin's activity chart, after a
+few failed sign-ins).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CHROMIUM_ARGS = [
     '--disable-sync',
     '--no-first-run',
 ]
+EARLIER = 'Paracetamol stopped: afebrile for 48 hours.'
 NOTES = [
     'Mild fever for 3 days, 38.4 °C this morning. No rash.',
     'Paracetamol 1 g given at 09:10. Fluids encouraged.',
@@ -65,6 +67,10 @@ def main() -> None:
                     page.get_by_label('Patient ID').fill(patient)
                     page.get_by_role('button', name='Open patient').click()
                     page.get_by_text(f'Patient: {patient}').wait_for()
+                    if patient == 'PAT077':
+                        page.get_by_label('Type message here').fill(EARLIER)
+                        page.get_by_role('button', name='Send').click()
+                        page.get_by_text(EARLIER).wait_for()
                 for note in NOTES:
                     page.get_by_label('Type message here').fill(note)
                     page.get_by_role('button', name='Send').click()
@@ -81,6 +87,12 @@ def main() -> None:
                 phone.get_by_text(NOTES[0]).wait_for()
                 phone.wait_for_timeout(500)
                 phone.screenshot(path=ROOT / 'docs' / 'workspace-phone.png')
+                page.get_by_label('Search notes').fill('parac')
+                page.get_by_label('Search notes').press('Enter')
+                page.get_by_role('region', name='Search results').locator('.casebook-hit').nth(1).wait_for()
+                page.wait_for_timeout(300)
+                page.screenshot(path=ROOT / 'docs' / 'search.png')
+                page.keyboard.press('Escape')
                 stranger = browser.new_page(viewport={'width': 1280, 'height': 720})
                 for attempt in range(4):
                     stranger.goto(base + '/login')
@@ -96,7 +108,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=10)
-    print('wrote docs/workspace.png, docs/workspace-phone.png and docs/admin.png')
+    print('wrote docs/workspace.png, docs/workspace-phone.png, docs/search.png and docs/admin.png')
 
 
 if __name__ == '__main__':

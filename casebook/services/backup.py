@@ -674,7 +674,7 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
                 _refuse_in_use(connection)
                 _insert_all(connection, path, progress)
                 verdict = _verify(connection, summary, path)
-                search.rebuild(connection)  # derived from the messages: every restored message is findable
+                search.rebuild(connection, bulk=True)  # derived from the messages: every restored one is findable
         finally:
             engine.dispose()
     except (SQLAlchemyError, OSError) as error:  # OSError: the async driver's refused connection, when migrating

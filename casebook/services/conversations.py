@@ -224,6 +224,30 @@ async def messages_after(
     return await _with_status(session, [_message_info(message, name) for message, name in rows])
 
 
+@dataclass(frozen=True)
+class Around:
+    """A page of a conversation around one message, oldest first, and what lies beyond either end."""
+
+    messages: list[MessageInfo]
+    at_beginning: bool  # nothing older
+    has_newer: bool  # newer messages exist beyond the page
+
+
+async def messages_around(
+    session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, message_id: int, limit: int = PAGE_SIZE
+) -> Around:
+    """About `limit` messages around `message_id` (which is among them, when it is in the conversation): the
+    half before it and the half after, keyset on the id both ways, whatever the conversation's length."""
+    half = max(1, limit // 2)
+    older = await latest_messages(
+        session, clinician=clinician, conversation_id=conversation_id, before_id=message_id + 1, limit=half + 1
+    )
+    newer = await messages_after(
+        session, clinician=clinician, conversation_id=conversation_id, after_id=message_id, limit=half + 1
+    )
+    return Around(older + newer[:half], at_beginning=len(older) <= half, has_newer=len(newer) > half)
+
+
 async def get_messages(
     session: AsyncSession, *, clinician: ClinicianInfo, conversation_id: int, ids: list[int]
 ) -> list[MessageInfo]:

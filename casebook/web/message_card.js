@@ -41,7 +41,9 @@ export default {
       ]),
       h("div", { class: this.struck ? "casebook-text casebook-struck" : "casebook-text" }, this.text),
     ]);
-    if (!this.day) return h("div", { class: "casebook-message-wrap" }, [article]);
-    return h("div", { class: "casebook-message-wrap" }, [h("h3", { class: "casebook-day" }, this.day), article]);
+    // the id lets a search result scroll to its message; tabindex lets it take focus there (not in the tab order)
+    const wrap = { class: "casebook-message-wrap", "data-message-id": this.messageId, tabindex: -1 };
+    if (!this.day) return h("div", wrap, [article]);
+    return h("div", wrap, [h("h3", { class: "casebook-day" }, this.day), article]);
   },
 };

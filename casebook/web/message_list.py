@@ -32,6 +32,20 @@ window.casebookScroll = {
     const el = document.documentElement;
     if (window.innerHeight + window.scrollY > el.scrollHeight - 600) this.toNewest();
   },
+  reveal(id) {  // a message chosen in the search results: into view, highlighted a moment, focused for readers
+    let tries = 0;
+    const show = () => {
+      const card = document.querySelector(`[data-message-id="${Number(id)}"]`);
+      if (!card) { if (tries++ < 120) requestAnimationFrame(show); return; }
+      card.scrollIntoView({block: 'center'});
+      card.classList.add('casebook-found');
+      card.focus({preventScroll: true});
+      setTimeout(() => card.classList.remove('casebook-found'), 3000);
+    };
+    show();
+  },
+  keep() { this.kept = window.scrollY; },  // the conversation's place while search results cover it
+  back() { const y = this.kept || 0; requestAnimationFrame(() => window.scrollTo(0, y)); },
 };
 document.documentElement.style.overflowAnchor = 'none';  // positions are kept by record/restore instead
 window.addEventListener('scroll', () => {
@@ -137,9 +151,16 @@ class MessageList:
             self._add(message)
         self.at_beginning = len(messages) < PAGE_SIZE
         self.has_newer = False
-        self.latest_known_id = max(self.latest_known_id, self.newest_id or 0)
+        self.latest_known_id = self.newest_id or 0  # this conversation's: another one's newest says nothing here
         self._show_ends()
         self._mark_days()
+
+    def reset_around(self, messages: list[MessageInfo], *, at_beginning: bool, has_newer: bool) -> None:
+        """Show a page from the middle of a conversation (a search result and its neighbours)."""
+        self.reset(messages)
+        self.at_beginning = at_beginning
+        self.has_newer = has_newer
+        self._show_ends()
 
     def append(self, message: MessageInfo) -> bool:
         """Add a newer message at the end; False when it is shown already or the newest are not in view."""

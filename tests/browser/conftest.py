@@ -11,6 +11,7 @@ The pieces shared with tests/cluster (Chromium, `Visitor`, the app's environment
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -101,6 +102,29 @@ class Server:
             self._log_file.close()
             self._log_file = None
 
+    def casebook(self, *args: str, stdin: str | None = None) -> str:
+        """Run the real CLI (`casebook ARGS…`) on this server's data dir; its output, once it exited with 0."""
+        result = subprocess.run(
+            [str(CASEBOOK), *args],
+            input=stdin,
+            env=self.env,
+            cwd=self.data_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f'casebook {args[0]} exited with {result.returncode}:\n{output}'
+        return result.stdout
+
+    def import_conversation(self, username: str, patient_id: str, messages: list[dict], folder: Path) -> None:
+        """A clinician's history as `casebook import` takes it (native JSON records: sender, text, sent_at)."""
+        path = folder / f'import-{patient_id}.json'
+        document = {'format': 'casebook.conversation.v1', 'patient_id': patient_id, 'messages': messages}
+        path.write_text(json.dumps(document), encoding='utf-8')
+        self.casebook('import', str(path), '--user', username)
+
     def log(self) -> str:
         return self.log_path.read_text(encoding='utf-8', errors='replace') if self.log_path.exists() else ''
 
@@ -134,22 +158,8 @@ def add_clinician(server: Server) -> Callable[..., None]:
     """Add a clinician to the server's data dir through the real CLI."""
 
     def add(username: str, display_name: str, password: str = PASSWORD, role: str | None = None) -> None:
-        command = [str(CASEBOOK), 'user', 'add', username, '--display-name', display_name, '--password-stdin']
-        if role is not None:
-            command += ['--role', role]
-        result = subprocess.run(
-            command,
-            input=password + '\n',
-            env=server.env,
-            cwd=server.data_dir.parent,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
-        assert result.returncode == 0, (
-            f'casebook user add {username} exited with {result.returncode}:\n{result.stdout}{result.stderr}'
-        )
+        args = ['user', 'add', username, '--display-name', display_name, '--password-stdin']
+        server.casebook(*args, *(['--role', role] if role is not None else []), stdin=password + '\n')
 
     return add
 

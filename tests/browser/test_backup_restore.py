@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 from playwright.sync_api import expect
-
-from tests.browser.conftest import CLI_TIMEOUT
-from tests.browser_support import CASEBOOK
 
 pytestmark = pytest.mark.browser
 
@@ -17,17 +13,7 @@ NOTES = ['Mild fever for 3 days', 'Temp 38.4 🙂 <b>not bold</b>']
 
 
 def casebook(server, *args: str) -> str:
-    result = subprocess.run(
-        [str(CASEBOOK), *args],
-        env=server.env,
-        cwd=server.data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, f'casebook {args[0]} exited with {result.returncode}: {result.stderr}'
-    return result.stdout
+    return server.casebook(*args)
 
 
 def test_a_restored_data_dir_brings_the_notebook_back(server, new_visitor, tmp_path):

@@ -3,14 +3,12 @@ written (the clinician's own days), with sender, author and local time on each."
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
-import subprocess
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from tests.browser_support import CASEBOOK, PASSWORD, expect
+from tests.browser_support import PASSWORD, expect
 
 ZONE = 'Europe/Berlin'  # what the test browser reports, below
 
@@ -20,18 +18,7 @@ def import_history(server, username: str, patient: str, moments: list[datetime],
         {'sender': 'doctor', 'text': f'note {n}', 'sent_at': moment.isoformat().replace('+00:00', 'Z')}
         for n, moment in enumerate(moments)
     ]
-    path = tmp_path / 'history.json'
-    path.write_text(json.dumps({'format': 'casebook.conversation.v1', 'patient_id': patient, 'messages': messages}))
-    result = subprocess.run(
-        [str(CASEBOOK), 'import', str(path), '--user', username],
-        env=server.env,
-        cwd=server.data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    server.import_conversation(username, patient, messages, tmp_path)
 
 
 def test_an_empty_conversation_says_so_and_days_are_marked(browser, server, add_clinician, tmp_path) -> None:

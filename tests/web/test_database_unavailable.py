@@ -17,6 +17,7 @@ from casebook.db import Database
 from casebook.models import AuthSession, Clinician
 from casebook.services import accounts
 from casebook.web import runtime
+from casebook.web.pages.search_panel import HitCard
 from tests.browser_support import free_port
 from tests.conftest import PASSWORD
 from tests.web.helpers import (
@@ -155,3 +156,22 @@ async def test_a_page_whose_database_cannot_be_reached_says_so_instead_of_failin
     await user.open('/')
     await user.should_see('User: Dr. Ada | Patient: (not set)')
     assert any('page / not shown' in record.getMessage() for record in caplog.records)
+
+
+async def test_a_search_the_database_cannot_take_says_so_and_shows_nothing_unaudited(user: User) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'PAT123')
+    send(user, 'paracetamol given')
+    await should_see_message(user, 'paracetamol given')
+    database_file = runtime.current().settings.data_dir / 'casebook.sqlite3'
+    blocker = sqlite3.connect(database_file, timeout=0)
+    blocker.execute('BEGIN EXCLUSIVE')  # longer than the busy timeout: the search's audit row cannot be written
+    try:
+        user.find(kind=ui.input, content='Search notes').type('parac').trigger('keydown.enter')
+        await user.should_see('Could not search just now: the database could not be reached.', retries=120)
+        await user.should_not_see(kind=HitCard)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    user.find(kind=ui.input, content='Search notes').trigger('keydown.enter')  # trying again finds it
+    await user.should_see(kind=HitCard)

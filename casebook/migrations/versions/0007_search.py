@@ -38,21 +38,12 @@ log = logging.getLogger('casebook.search')
 def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == 'postgresql':
-        op.execute(
-            f'CREATE TABLE {search.TABLE} ('
-            'message_id bigint PRIMARY KEY REFERENCES messages (id), '
-            'clinician_id integer NOT NULL, '
-            'conversation_id integer NOT NULL, '
-            'terms tsvector NOT NULL)'
-        )
-        op.execute(f'CREATE INDEX ix_{search.TABLE}_terms ON {search.TABLE} USING gin (terms) WITH (fastupdate = off)')
-        op.execute(f'CREATE INDEX ix_{search.TABLE}_clinician ON {search.TABLE} (clinician_id, message_id)')
-        op.execute(f'CREATE INDEX ix_{search.TABLE}_conversation ON {search.TABLE} (conversation_id, message_id)')
+        op.execute(search.POSTGRES_TABLE)  # its indexes are built by rebuild, once the stored messages are in
     else:
         for statement in search.SQLITE_CREATE:
             op.execute(statement)
     started = time.perf_counter()
-    indexed = search.rebuild(bind)
+    indexed = search.rebuild(bind, bulk=True)
     if indexed:
         log.info('search: indexed %s messages in %.1f s', f'{indexed:,}', time.perf_counter() - started)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from casebook import metrics
 from casebook.db import DATABASE_ERRORS
 from casebook.live import ConversationEvent
-from casebook.services import conversations, sessions
+from casebook.services import conversations
 from casebook.services.conversations import ConversationInfo, MessageInfo
 from casebook.services.errors import CasebookError, InvalidInput
 from casebook.services.sessions import SignedIn
@@ -105,14 +105,10 @@ class Composer:
         The session check and the message are one unit of work: one trip to the database per send.
         """
         started = time.perf_counter()  # the event arrived just now: send() and the dialogs call this before any await
-        rt = runtime.current()
-        token, clinician_id, limits, address = self.token, self.clinician.id, rt.limits, self.address
+        rt, address = runtime.current(), self.address
 
-        def store(session: Session) -> tuple[SignedIn | None, MessageInfo | None, bool]:
-            signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
-            if signed is None or signed.clinician.id != clinician_id:
-                return signed, None, False
-            message, created = conversations.post_message_sync(
+        def store(session: Session, signed: SignedIn) -> tuple[MessageInfo, bool]:
+            return conversations.post_message_sync(
                 session,
                 clinician=signed.clinician,
                 conversation_id=conversation.id,
@@ -122,16 +118,15 @@ class Composer:
                 patient_id=conversation.patient_id,
                 address=address,
             )
-            return signed, message, created
 
         self.unsaved = False
         try:
-            signed, stored, created = await rt.database.run(store)
-            if created:  # a retried send found already stored is not written again
+            signed, stored = await rt.database.run(self._for_this_session(store))
+            if stored is not None and stored[1]:  # a retried send found already stored is not written again
                 metrics.message_written(started)
             if not self._accept(signed) or stored is None:
                 return None
-            message = stored
+            message = stored[0]
         except CasebookError as refusal:
             if not self.client.is_deleted:  # the tab may have closed while the database was busy
                 ui.notify(refusal.message, type='negative', multi_line=True)

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 class ConversationView:
     """The open conversation and the recent patients (mixed into `Workspace`)."""
 
-    async def _open(self, patient_id: str) -> bool:
-        early: list[ConversationEvent | Resync] = []  # events published while the newest page is being read
+    async def _open(self, patient_id: str, *, around: int | None = None) -> bool:
+        """Show a patient's conversation: its newest page, or (`around`, a search result) the page around that
+        message, scrolled to it and highlighted."""
+        early: list[ConversationEvent | Resync] = []  # events published while the page is being read
 
         async def buffer(event: ConversationEvent | Resync) -> None:
             early.append(event)
@@ -41,9 +43,18 @@ class ConversationView:
                     lambda sync: conversations.open_conversation_sync(sync, clinician=clinician, patient_id=patient_id)
                 )
                 unsubscribe_buffer = runtime.current().hub.subscribe(conversation_topic(conversation.id), buffer)
-                latest = await conversations.latest_messages(
-                    session, clinician=self.clinician, conversation_id=conversation.id
-                )
+                if around is None:
+                    page = conversations.Around(
+                        await conversations.latest_messages(
+                            session, clinician=self.clinician, conversation_id=conversation.id
+                        ),
+                        at_beginning=False,
+                        has_newer=False,
+                    )
+                else:
+                    page = await conversations.messages_around(
+                        session, clinician=self.clinician, conversation_id=conversation.id, message_id=around
+                    )
         except DATABASE_ERRORS as error:
             unsubscribe_buffer()
             log.warning('patient not opened: %s', type(error).__name__)
@@ -51,6 +62,7 @@ class ConversationView:
                 'Could not open the patient: the database could not be reached. Please try again.', type='negative'
             )
             return False
+        same_patient = self.conversation is not None and self.conversation.id == conversation.id
         self.unsubscribe()
         self.conversation = conversation
         self.unsubscribe = runtime.current().hub.subscribe(conversation_topic(conversation.id), self._on_event)
@@ -58,7 +70,11 @@ class ConversationView:
         self.book.patient_id = conversation.patient_id
         self._show_header()
         self.title.set_text(f'Conversation about {conversation.patient_id}')
-        self.list.reset(latest)
+        if around is None:
+            self.list.reset(page.messages)
+        else:
+            self.list.reset_around(page.messages, at_beginning=page.at_beginning, has_newer=page.has_newer)
+        self._hide_search()
         for event in early:
             await self._on_event(event)
         self._update_empty()
@@ -69,8 +85,12 @@ class ConversationView:
         draft, self.send_id = self.book.draft_and_id(conversation.patient_id)
         if self.composer.value != draft:
             self.composer.value = draft
-        ui.run_javascript('window.casebookScroll && window.casebookScroll.toNewest()')
-        background_tasks.create(self._mark_opened(conversation), name='recent patients')
+        if around is None:
+            ui.run_javascript('window.casebookScroll && window.casebookScroll.toNewest()')
+        else:
+            ui.run_javascript(f'window.casebookScroll && window.casebookScroll.reveal({int(around)})')
+        if not (around is not None and same_patient):  # a result in the conversation already open: not reopened
+            background_tasks.create(self._mark_opened(conversation), name='recent patients')
         return True
 
     async def _mark_opened(self, conversation: ConversationInfo) -> None:

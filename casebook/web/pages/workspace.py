@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.responses import RedirectResponse
 from nicegui import app, ui
+from sqlalchemy.orm import Session
 
 from casebook.db import DATABASE_ERRORS
 from casebook.live import Resync, SessionsEnded, clinician_topic
-from casebook.services import accounts, conversations
+from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
@@ -29,9 +32,12 @@ from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
 from casebook.web.pages.composer import Composer
 from casebook.web.pages.conversation_view import ConversationView
+from casebook.web.pages.search_panel import SearchPanel
 from casebook.web.safeguards import IdleWatch, password_form, show_sessions
 
 log = logging.getLogger(__name__)
+T = TypeVar('T')
+Checked = tuple[SignedIn | None, T | None]  # the session as checked, and what the work gave (None: not done)
 
 # Alt+P (or "/" when not typing) puts the cursor in the patient box, from anywhere on the page
 SHORTCUT_JS = """
@@ -79,9 +85,10 @@ async def workspace_page() -> RedirectResponse | None:
     return None
 
 
-class Workspace(Composer, ConversationView):
+class Workspace(Composer, ConversationView, SearchPanel):
     """One tab's view of the signed-in clinician's notebook: the page, its header and the session it acts for;
-    writing (composer.py) and reading the conversation (conversation_view.py) are parts of it."""
+    writing (composer.py), reading the conversation (conversation_view.py) and searching (search_panel.py) are
+    parts of it."""
 
     def __init__(self, signed: SignedIn, token: str, book: Notebook) -> None:
         self.signed = signed
@@ -131,26 +138,30 @@ class Workspace(Composer, ConversationView):
                             ui.label(label)
             theme_switch(self.book)
             ui.button('Log out', on_click=self.log_out).props('outline color=white')
-            with ui.row().classes('w-full items-start gap-2 no-wrap'):
-                self.patient_input = (
-                    ui.input('Patient ID')
-                    .props('dark dense outlined maxlength=200 aria-keyshortcuts=Alt+P title="Patient ID (Alt+P)"')
-                    .classes('grow max-w-md')
-                )
-                self.patient_input.on('keydown.enter', self.open_patient)
-                ui.button('Open patient', on_click=self.open_patient).props('color=white text-color=primary')
+            with ui.row().classes('w-full items-start gap-x-6 gap-y-2'):  # one line on a desk, two on a phone
+                with ui.row().classes('grow items-start gap-2 no-wrap max-w-md'):
+                    self.patient_input = (
+                        ui.input('Patient ID')
+                        .props('dark dense outlined maxlength=200 aria-keyshortcuts=Alt+P title="Patient ID (Alt+P)"')
+                        .classes('grow')
+                    )
+                    self.patient_input.on('keydown.enter', self.open_patient)
+                    ui.button('Open patient', on_click=self.open_patient).props('color=white text-color=primary')
+                self._build_search_box()
             self.patient_error = ui.label().props('role=alert').classes('w-full text-sm font-medium text-white')
         with ui.column().classes('w-full max-w-4xl mx-auto gap-3 pb-4'):
-            with ui.row().classes('w-full items-center gap-2'):
-                self.title = heading('', level=2, classes='text-lg font-semibold')
-                ui.space()
-                with ui.button('Export', icon='download').props('flat no-caps') as self.export_button:
-                    with ui.menu():
-                        for fmt, label in EXPORTS.items():
-                            ui.menu_item(label, on_click=lambda fmt=fmt: self._export(fmt))
-            self.empty = ui.label().classes('text-gray-700')
-            self.list = MessageList(on_actions=self._message_actions, on_older=self._load_older)
-            self.list.zone = _zone(self.book.timezone)
+            self._build_search_results()
+            with ui.column().classes('w-full gap-3') as self.conversation_area:
+                with ui.row().classes('w-full items-center gap-2'):
+                    self.title = heading('', level=2, classes='text-lg font-semibold')
+                    ui.space()
+                    with ui.button('Export', icon='download').props('flat no-caps') as self.export_button:
+                        with ui.menu():
+                            for fmt, label in EXPORTS.items():
+                                ui.menu_item(label, on_click=lambda fmt=fmt: self._export(fmt))
+                self.empty = ui.label().classes('text-gray-700')
+                self.list = MessageList(on_actions=self._message_actions, on_older=self._load_older)
+                self.list.zone = _zone(self.book.timezone)
         with ui.footer().classes('casebook-footer border-t px-4 py-2'):
             with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2 no-wrap'):
                 # created holding the draft: setting it later would reach the browser only after the socket
@@ -164,8 +175,8 @@ class Workspace(Composer, ConversationView):
                 self.retry_button = ui.button('Retry', icon='refresh', on_click=self.send).props('outline no-caps')
             self.send_state.set_visibility(False)
         self.composer.on_value_change(self._draft_changed)
-        ui.on('casebook_near_top', self._load_older, throttle=0.3)
-        ui.on('casebook_near_bottom', self._load_newer, throttle=0.3)
+        ui.on('casebook_near_top', self._near_top, throttle=0.3)
+        ui.on('casebook_near_bottom', self._near_bottom, throttle=0.3)
 
         await self._show_recent()
         if self.book.patient_id is not None:
@@ -268,6 +279,19 @@ class Workspace(Composer, ConversationView):
             ui.notify(UNREACHABLE, type='negative')
             return False
         return self._accept(signed)
+
+    def _for_this_session(self, work: Callable[[Session, SignedIn], T]) -> Callable[[Session], Checked[T]]:
+        """`work` as a unit of work that first checks this tab's session, in the same trip to the database: it runs
+        only while the session lives and is the clinician's this tab acts for. Give the result to `_accept`."""
+        limits, token, clinician_id = runtime.current().limits, self.token, self.clinician.id
+
+        def unit(session: Session) -> Checked[T]:
+            signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
+            if signed is None or signed.clinician.id != clinician_id:
+                return signed, None
+            return signed, work(session, signed)
+
+        return unit
 
     def _accept(self, signed: SignedIn | None) -> bool:
         """Keep acting for this session while it lives; otherwise go to the login page."""
