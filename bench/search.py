@@ -352,7 +352,8 @@ def measure_engine(url: str, runs: int, like_runs: int, only_a: str) -> dict:
 
 
 def explain(Session, postgres: bool, clinician_id: int) -> dict:
-    """The plans of the common and rare word's first page (EXPLAIN ANALYZE on PostgreSQL)."""
+    """The plans of the common and rare word's first page: on PostgreSQL EXPLAIN ANALYZE of both of find_sync's
+    steps (the scope's newest messages, then the GIN index with the scope's word); on SQLite the MATCH asked."""
     from sqlalchemy import text
 
     from casebook.services import search
@@ -362,15 +363,14 @@ def explain(Session, postgres: bool, clinician_id: int) -> dict:
         for raw in (COMMON, RARE):
             query = search.parse(raw)
             if postgres:
-                session.execute(text('SET LOCAL plan_cache_mode = force_custom_plan'))
-                rows = session.execute(
-                    text(
-                        'EXPLAIN (ANALYZE, BUFFERS) SELECT message_id FROM message_search WHERE clinician_id = :c '
-                        'AND terms @@ CAST(:q AS tsquery) AND message_id < :b ORDER BY message_id DESC LIMIT 21'
-                    ),
-                    {'c': clinician_id, 'q': search._tsquery(query), 'b': search.NO_LIMIT},
-                )
-                plans[raw] = [row[0] for row in rows]
+                params = {'scope': clinician_id, 'before': search.NO_LIMIT, 'limit': search.PAGE + 1}
+                tsquery = search._tsquery(query)
+                recent = text('EXPLAIN (ANALYZE, BUFFERS) ' + search._POSTGRES_RECENT['clinician'].text)
+                indexed = text('EXPLAIN (ANALYZE, BUFFERS) ' + search._POSTGRES_INDEXED['clinician'].text)
+                plans[raw] = {'recent': [row[0] for row in session.execute(recent, params | {'query': tsquery})]}
+                session.execute(text('SET LOCAL enable_indexscan = off'))
+                scoped = f"{tsquery} & '#u{clinician_id}'"
+                plans[raw]['indexed'] = [row[0] for row in session.execute(indexed, params | {'query': scoped})]
             else:
                 connection = session.connection()
                 expression = search._fts5_expression(connection, query, [f'u{clinician_id}'])
