@@ -359,23 +359,24 @@ def explain(Session, postgres: bool, clinician_id: int) -> dict:
     from casebook.services import search
 
     plans = {}
-    with Session() as session:
-        for raw in (COMMON, RARE):
-            query = search.parse(raw)
+    for raw in (COMMON, RARE):
+        query = search.parse(raw)
+        with Session() as session:  # each step in a transaction of its own: SET LOCAL ends with it
             if postgres:
                 params = {'scope': clinician_id, 'before': search.NO_LIMIT, 'limit': search.PAGE + 1}
                 tsquery = search._tsquery(query)
                 recent = text('EXPLAIN (ANALYZE, BUFFERS) ' + search._POSTGRES_RECENT['clinician'].text)
                 indexed = text('EXPLAIN (ANALYZE, BUFFERS) ' + search._POSTGRES_INDEXED['clinician'].text)
                 plans[raw] = {'recent': [row[0] for row in session.execute(recent, params | {'query': tsquery})]}
-                session.execute(text('SET LOCAL enable_indexscan = off'))
+                session.rollback()
+                session.execute(text('SET LOCAL enable_indexscan = off'))  # as find_sync's second step
                 scoped = f"{tsquery} & '#u{clinician_id}'"
                 plans[raw]['indexed'] = [row[0] for row in session.execute(indexed, params | {'query': scoped})]
             else:
                 connection = session.connection()
                 expression = search._fts5_expression(connection, query, [f'u{clinician_id}'])
                 plans[raw] = {'match': expression}
-        session.rollback()
+            session.rollback()
     return plans
 
 
@@ -527,7 +528,7 @@ def import_at_commit(commit: str, messages: int) -> dict:
         env = clean_env(CASEBOOK_DATA_DIR=str(data_dir), PYTHONPATH=str(tree))
         cli = [sys.executable, '-c', 'import sys; from casebook.cli import main; sys.exit(main())']
         check = subprocess.run(
-            [*cli[:2], 'import casebook, sys; print(casebook.__file__)'], env=env, capture_output=True, text=True
+            [*cli[:2], 'import casebook; print(casebook.__file__)'], env=env, cwd=folder, capture_output=True, text=True
         )
         where = check.stdout.strip()
         if not where.startswith(str(tree)):
