@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -69,6 +70,29 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument('-o', '--output', type=Path, help='the file to write (default: standard output)')
     save.set_defaults(handler=_export)
 
+    find = commands.add_parser(
+        'search',
+        help="search a clinician's own notes: one tab-separated line per hit, newest first",
+        description=(
+            "Search a clinician's own notes. Prints one line per hit, newest first, tab-separated: patient ID, "
+            'time (ISO 8601, UTC), sender, message id and the text on one line (line breaks, tabs and other '
+            'control characters as spaces); nothing when nothing matches. Every word must occur and matches the '
+            'start of words; "quoted words" match as a phrase; case and accents are ignored. Each search is '
+            'recorded in the audit trail (scope and number of hits, never the words).'
+        ),
+    )
+    find.add_argument('--user', required=True, metavar='USERNAME', help='the clinician whose notes are searched')
+    find.add_argument('--patient', metavar='ID', help="only this patient's notes (default: all of the user's)")
+    find.add_argument(
+        '--limit',
+        type=_search_limit,
+        default=SEARCH_LIMIT,
+        metavar='N',
+        help=f'at most this many hits, {SEARCH_LIMIT_MAX} at most (default: {SEARCH_LIMIT})',
+    )
+    find.add_argument('query', nargs='+', metavar='QUERY', help='the words to find (put -- before a leading -)')
+    find.set_defaults(handler=_search)
+
     audit = commands.add_parser('audit', help='the audit trail').add_subparsers(dest='action', required=True)
     verify = audit.add_parser('verify', help='check the hash chain; exit 1 and name the first broken row if any')
     verify.set_defaults(handler=_audit_verify)
@@ -88,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 CLI_ACTOR = '(command line)'
+SEARCH_LIMIT, SEARCH_LIMIT_MAX = 50, 1000  # hits `casebook search` prints by default, and at most
 # A backup rests 2 s per second of work (sends beside it are not slowed, docs/performance.md), as long as it still
 # ends within 45 s at its pace (SPEC: a million messages within 60 s); a larger one rests less.
 BACKUP_REST, BACKUP_WITHIN = 2.0, 45.0
@@ -303,6 +328,72 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
             bar.close()
     print(f'imported {result.imported} messages (patient {result.patient_id})')
     return 0
+
+
+def _search_limit(raw: str) -> int:
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= SEARCH_LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f'a whole number from 1 to {SEARCH_LIMIT_MAX}: {raw!r}')
+    return limit
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from casebook.services import conversations, search
+
+    query = search.parse(' '.join(args.query))  # a bad query is refused before the database is opened
+
+    async def find(session):
+        clinician = await _clinician(session, args.user)
+        conversation_id, patient_id = None, None
+        if args.patient is not None:
+            conversation = await conversations.find_conversation(session, clinician=clinician, patient_id=args.patient)
+            if conversation is None:
+                patient = conversations.normalize_patient_id(args.patient)
+                raise CommandError(f'{clinician.username} has no conversation about patient {patient}')
+            conversation_id, patient_id = conversation.id, conversation.patient_id
+        return await session.run_sync(
+            lambda sync: search.search_sync(
+                sync,
+                clinician=clinician,
+                query=query,
+                patient_id=patient_id,
+                conversation_id=conversation_id,
+                limit=args.limit,
+                actor=CLI_ACTOR,
+            )
+        )
+
+    results = _run_with_db(settings, find)
+    lines = ''.join(
+        f'{hit.patient_id}\t{_second(hit.sent_at)}\t{hit.sender_role}\t{hit.message_id}\t{_one_line(hit.text)}\n'
+        for hit in results.hits
+    )
+    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(lines.encode('utf-8', 'replace'))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # `casebook search … | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _second(moment) -> str:
+    """`2026-12-03T09:15:02Z`: UTC, to the second."""
+    from datetime import UTC
+
+    return moment.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+# line breaks (CR LF as one), tabs and every other control character: one line, fields that stay apart, and no
+# escape sequence reaching the terminal
+_BREAKS = re.compile('\r\n|[\x00-\x1f\x7f-\x9f\u2028\u2029]')
+
+
+def _one_line(text: str) -> str:
+    return _BREAKS.sub(' ', text)
 
 
 class _ProgressBar:

@@ -784,10 +784,14 @@ class _Batches:
             highest = (await connection.exec_driver_sql('SELECT max(id) FROM messages')).scalar() or 0
             # Straight to the driver: SQLAlchemy's bind processing, row by row, is a third of a big import's time.
             await connection.exec_driver_sql(_SQLITE_INSERT, rows)
-            stored = await connection.exec_driver_sql(
-                'SELECT id, text FROM messages WHERE id > ? ORDER BY id', (highest,)
-            )
-            found = [(message_id, clinician_id, conversation_id, body) for message_id, body in stored]
+            if (await connection.exec_driver_sql('SELECT max(id) FROM messages')).scalar() == highest + len(rows):
+                ids = range(highest + 1, highest + 1 + len(rows))  # in the order given, as SQLite numbers rows
+                found = [(m, clinician_id, conversation_id, row[4]) for m, row in zip(ids, rows, strict=True)]
+            else:  # not numbered one after the other (cannot happen with rowids): read them back
+                stored = await connection.exec_driver_sql(
+                    'SELECT id, text FROM messages WHERE id > ? ORDER BY id', (highest,)
+                )
+                found = [(message_id, clinician_id, conversation_id, body) for message_id, body in stored]
         else:
             table = Message.__table__
             ids = await connection.execute(
