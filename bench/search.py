@@ -64,7 +64,7 @@ from bench.common import (
 from bench.seed import PHRASES
 
 SEARCH_CACHE = CACHE / 'search'
-BUILD_VERSION = 1  # bump when what is built changes
+BUILD_VERSION = 2  # bump when what is built changes (2: built by the migration of 3e9eab3, FTS5 hashsize)
 OTHER_USERNAME = 'bench-b'
 OTHER_DISPLAY_NAME = 'Dr Other Clinician'
 RARE = 'zolmitriptan'
