@@ -671,6 +671,8 @@ async def _store(
         # next batch while this one is written gains nothing: both need the GIL)
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
             await store.add(batch)
+    if store.imported >= search.SETTLE_FROM:  # the index merged now, not by the sends that follow
+        await (await session.connection()).run_sync(search.settle)
     if store.latest is not None and (conversation.last_message_at or store.latest) <= store.latest:
         conversation.last_message_at = store.latest
     return ImportResult(patient_id, conversation.id, store.imported)
