@@ -54,7 +54,7 @@ def alembic_include_name(name: str | None, type_: str, _parents: object) -> bool
 SQLITE_CREATE = (
     # the words are ours (see `words`); the tokenizer keeps each whole: marks are part of a word (categories M*)
     f"CREATE VIRTUAL TABLE {TABLE} USING fts5(terms, scope, content='', columnsize=0, "
-    "tokenize=\"unicode61 remove_diacritics 0 categories 'L* N* Co M*' tokenchars '.'\", prefix='1 2')",
+    "tokenize=\"unicode61 remove_diacritics 0 categories 'L* N* Co M*' tokenchars '.'\", prefix='1')",
     f'CREATE TABLE {TABLE}_words (word TEXT PRIMARY KEY) WITHOUT ROWID',
     # words gathered in memory up to 16 MB before FTS5 writes them out: a big import writes fewer, larger
     # segments and merges them less often (a million messages indexed in about 5 s instead of 9); a send's
@@ -84,6 +84,7 @@ _ASCII_WORD = re.compile(r'\d+(?:\.\d+)+(?![^\W_])|[^\W_]+')  # the same for ASC
 # Faster still for lower-case ASCII (an import cuts a million texts): runs of letters and digits joined by dots,
 # and only a run holding a dot cut again by _ASCII_WORD. The same words (checked on random strings).
 _ASCII_RUN = re.compile(r'[a-z0-9]+(?:\.[a-z0-9]+)*', re.ASCII)
+_DOTTED = re.compile(r'[a-z0-9]\.[a-z0-9]', re.ASCII)
 
 
 # ---------------------------------------------------------------------------------------------------- words
@@ -110,8 +111,9 @@ def _folded(raw: str) -> list[str]:
 def words(text: str) -> list[str]:
     """The words of a text, as the index holds them, in order."""
     if text.isascii():  # the common case, and the same result as the general one
-        found = _ASCII_RUN.findall(text.lower())
-        if '.' in text:
+        lower = text.lower()
+        found = _ASCII_RUN.findall(lower)
+        if _DOTTED.search(lower):  # a dot between letters or digits: those runs are cut again
             found = [part for run in found for part in (_ASCII_WORD.findall(run) if '.' in run else (run,))]
         if max(map(len, found), default=0) > WORD_MAX:
             found = [word[:WORD_MAX] for word in found]
@@ -179,7 +181,9 @@ def _fts5_expression(connection: Connection, query: Query, scopes: Iterable[str]
     merges the lists of every word that begins so, whole. So the start of a word is asked as the whole words it
     begins (looked up in the vocabulary table) when they are few, and as FTS5's prefix otherwise (always for a
     number: numbers are most of the distinct words, and the vocabulary leaves them out); the starts of
-    one or two characters, which begin too many words, have their own lists in the index (`prefix='1 2'`).
+    one character, which begin too many words, have their own lists in the index (`prefix='1'`; two characters
+    cost FTS5 a merge of a few thousand lists, ~50 ms at 2M messages, and keeping them too would cost an import
+    of a million ~3.5 s more).
     """
     parts = [f'scope : "{scope}"' for scope in scopes]
     for term in query.terms:
@@ -262,11 +266,12 @@ def index_rows(connection: Connection, rows: Sequence[tuple[int, int, int, str]]
         params, vocabulary = [], set()
         for message_id, clinician_id, conversation_id, body in rows:
             found = words(body)
-            vocabulary.update(word for word in found if not word[0].isdigit())  # see _fts5_expression
+            vocabulary.update(found)
             params.append((message_id, ' '.join(found), _scope_words(clinician_id, conversation_id)))
         connection.exec_driver_sql(_SQLITE_INDEX, params)
-        if vocabulary:
-            connection.exec_driver_sql(_SQLITE_VOCABULARY, [(word,) for word in sorted(vocabulary)])  # in order
+        listed = sorted(word for word in vocabulary if not word[0].isdigit())  # numbers: see _fts5_expression
+        if listed:
+            connection.exec_driver_sql(_SQLITE_VOCABULARY, [(word,) for word in listed])  # in order
 
 
 def index_message(connection: Connection, message_id: int, clinician_id: int, conversation_id: int, body: str) -> None:

@@ -3,7 +3,7 @@
 SQLite: an FTS5 table holding only the index (`content=''`: the text stays in messages alone). Its words are the
 ones casebook.services.search cuts, lower-cased and without accents, separated by spaces, so its tokenizer only
 splits at spaces (a dot and the marks written on letters are kept: `38.4` and `नमस्ते` are one word each).
-`prefix='1 2'` keeps the starts of words one and two characters long in the index too, and `message_search_words`
+`prefix='1'` keeps the first character of words in the index too, and `message_search_words`
 lists every word indexed, so the start of a longer word is looked up as the whole words it begins (see
 search._fts5_expression).
 `scope` holds `u<clinician id> c<conversation id>`: a search asks for its clinician's word as well as its own,
