@@ -25,10 +25,9 @@ from casebook.web.components import heading
 
 log = logging.getLogger(__name__)
 
-TYPING_PAUSE = (
-    0.08  # seconds after a keystroke before the results follow it: a keystroke's results within ~0.1 s, and a
-)
-# burst of fast typing searches once, when it pauses
+# seconds after a keystroke before the results follow it: a keystroke's results within ~0.1 s, and a burst of fast
+# typing searches once, when it pauses
+TYPING_PAUSE = 0.08
 NOT_SEARCHED = 'Could not search just now: the database could not be reached. Please try again.'
 
 # Ctrl+K or Alt+S puts the cursor in the search box; Esc closes the results
