@@ -14,7 +14,8 @@ engines index the same words), with a GIN index for rare words and b-tree indexe
 (conversation, message) for words found nearly everywhere, read newest first. The GIN index is written at once
 (fastupdate off): a pending list flushed by a send would make that send wait.
 
-Indexing what is already stored: about 45 s for a million messages (docs/performance.md, "Search").
+Indexing what is already stored, measured on 2M messages (docs/performance.md, "Search"): SQLite 25–37 s per
+million (the machine's speed varied by half that day), PostgreSQL 72 s per million.
 
 Revision ID: 0007
 Revises: 0006
