@@ -6,6 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,6 +44,19 @@ class MessageInfo:
     amends_id: int | None = None  # this message corrects that one
     entered_in_error: bool = False
     corrected: bool = False  # a later message corrects this one
+
+
+def status_label(message: Any, *, corrected_as: str = 'Corrected below') -> str:
+    """What is shown beside a message about its status (`Correction · Entered in error`), from its `amends_id`,
+    `corrected` and `entered_in_error`; `corrected_as` says where the correction is, seen from where it is shown."""
+    notes = []
+    if message.amends_id is not None:
+        notes.append('Correction')
+    if message.corrected:
+        notes.append(corrected_as)
+    if message.entered_in_error:
+        notes.append('Entered in error')
+    return ' · '.join(notes)
 
 
 def normalize_patient_id(raw: str) -> str:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from casebook.models import Clinician, Conversation, EnteredInError, Message
-from casebook.services import audit
+from casebook.services import audit, conversations  # a module: conversations imports this one too
 from casebook.services.accounts import ClinicianInfo
 from casebook.services.errors import InvalidInput
 
@@ -207,12 +207,16 @@ _SQLITE_EXPAND = text(
 )
 
 
+def _lexeme(word: str) -> str:
+    """A word as a quoted lexeme of a tsvector or tsquery literal."""
+    return "'" + word.replace('\\', '\\\\').replace("'", "''") + "'"
+
+
 def _tsquery(query: Query) -> str:
     """A tsquery literal of quoted lexemes (cast, never parsed by a text search configuration)."""
 
     def lexeme(word: str, prefix: bool) -> str:
-        quoted = "'" + word.replace('\\', '\\\\').replace("'", "''") + "'"
-        return quoted + (':*' if prefix else '')
+        return _lexeme(word) + (':*' if prefix else '')
 
     parts = []
     for term in query.terms:
@@ -232,10 +236,7 @@ def tsvector_literal(text_: str, clinician_id: int, conversation_id: int) -> str
     positions: dict[str, list[str]] = {}
     for position, word in enumerate(words(text_), start=1):
         positions.setdefault(word, []).append(str(min(position, 16383)))
-    found = ' '.join(
-        "'" + word.replace('\\', '\\\\').replace("'", "''") + "':" + ','.join(places[:256])
-        for word, places in positions.items()
-    )
+    found = ' '.join(_lexeme(word) + ':' + ','.join(places[:256]) for word, places in positions.items())
     return f"{found} '#u{int(clinician_id)}' '#c{int(conversation_id)}'"
 
 
@@ -358,14 +359,7 @@ class Hit:
 
     @property
     def status(self) -> str:
-        notes = []
-        if self.amends_id is not None:
-            notes.append('Correction')
-        if self.corrected:
-            notes.append('Corrected later')
-        if self.entered_in_error:
-            notes.append('Entered in error')
-        return ' · '.join(notes)
+        return conversations.status_label(self, corrected_as='Corrected later')
 
 
 @dataclass(frozen=True)

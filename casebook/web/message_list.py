@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from nicegui import ui
 from nicegui.events import GenericEventArguments
 
-from casebook.services.conversations import PAGE_SIZE, MessageInfo
+from casebook.services.conversations import PAGE_SIZE, MessageInfo, status_label
 
 MAX_SHOWN = 6 * PAGE_SIZE
 
@@ -88,14 +88,7 @@ class MessageCard(ui.element, component='message_card.js'):
 
     def _set_status(self, message: MessageInfo) -> None:
         self.message = message
-        notes = []
-        if message.amends_id is not None:
-            notes.append('Correction')
-        if message.corrected:
-            notes.append('Corrected below')
-        if message.entered_in_error:
-            notes.append('Entered in error')
-        self._props['status'] = ' · '.join(notes)
+        self._props['status'] = status_label(message)
         self._props['struck'] = message.entered_in_error
 
     def set_day(self, day: str) -> None:

@@ -118,7 +118,7 @@ class SearchPanel:
     # ----- searching ----------------------------------------------------------------------------------
 
     def _search_typed(self) -> None:
-        """The results follow typing, a moment after it pauses; an empty box closes them."""
+        """The results follow typing, a moment after it pauses; emptying the box drops a search under way."""
         if self.search_timer is not None:
             self.search_timer.cancel()
         self.search_timer = None
@@ -254,12 +254,9 @@ class SearchPanel:
 
     def _close_search(self) -> None:
         """Back to the conversation, where it was."""
-        if not self.search_area.visible:
-            return
-        self.search_generation += 1
-        self.search_area.set_visibility(False)
-        self.conversation_area.set_visibility(True)
-        ui.run_javascript('window.casebookScroll.back()')
+        if self.search_area.visible:
+            self._hide_search()
+            ui.run_javascript('window.casebookScroll.back()')
 
     async def _near_bottom(self) -> None:
         """Scrolled to the end: more results when they are shown, else newer messages of the conversation."""
