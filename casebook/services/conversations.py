@@ -71,6 +71,9 @@ def normalize_patient_id(raw: str) -> str:
     return patient_id
 
 
+_SURROGATE = re.compile(r'[\ud800-\udfff]')  # a pattern, not a loop over characters: an import checks millions
+
+
 def normalize_message(raw: str) -> str:
     """Surrounding whitespace trimmed; refused when empty, over the limit, or holding NUL characters."""
     text = (raw or '').strip()
@@ -80,7 +83,7 @@ def normalize_message(raw: str) -> str:
         raise InvalidInput(
             f'The message has {len(text):,} characters; the limit is {MESSAGE_MAX:,}. Your text is still in the box.'
         )
-    if any('\ud800' <= ch <= '\udfff' for ch in text):
+    if _SURROGATE.search(text):
         raise InvalidInput(
             'The message contains a broken character (an unpaired surrogate). Your text is still in the box.'
         )

@@ -569,3 +569,28 @@ def test_the_fast_cut_of_ascii_text_is_the_general_one(text):
     """`words` cuts ASCII text with a faster pattern (an import cuts a million texts): the same words."""
     general = [word for match in search._WORD.finditer(text) for word in search._folded(match.group())]
     assert search.words(text) == general
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet='aZz09.. _-\n#%:éİß', max_size=40) | st.from_regex(r'[a-zA-Z0-9.]{95,110}', fullmatch=True),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_fts5_holds_exactly_the_words_of_each_text(texts):
+    """A batch of plain ASCII texts is handed to FTS5 as it is, to be cut by its own tokenizer (an import indexes
+    a million): what the index holds, word by word in order, is still what `words` says."""
+    engine = create_engine('sqlite://')
+    with engine.begin() as connection:
+        for statement in search.SQLITE_CREATE:
+            connection.exec_driver_sql(statement)
+        connection.exec_driver_sql(f'CREATE VIRTUAL TABLE held USING fts5vocab({search.TABLE}, instance)')
+        search.index_rows(connection, [(number, 1, 2, text) for number, text in enumerate(texts, start=1)])
+        held = connection.exec_driver_sql("SELECT doc, term FROM held WHERE col = 'terms' ORDER BY doc, offset").all()
+        vocabulary = {word for (word,) in connection.exec_driver_sql(f'SELECT word FROM {search.TABLE}_words')}  # noqa: S608
+    engine.dispose()
+    for number, text in enumerate(texts, start=1):
+        assert [term for doc, term in held if doc == number] == search.words(text), text
+    assert vocabulary == {word for text in texts for word in search.words(text) if not word[0].isdigit()}
