@@ -674,6 +674,8 @@ async def _store(
     store = _Batches(session, clinician, conversation.id, check.targets, check_present=has_messages is not None)
     on_read = (lambda done: progress('importing', done, size)) if progress else None
     batches = _batches(_Stream(source, on_read), check.targets)
+    if not store.check_present and check.count >= search.SETTLE_FROM:  # all of them new: many written at once
+        await (await session.connection()).run_sync(search.prepare_bulk)
     async with _larger_page_cache(session):
         # parsed in a worker thread, so a server importing a file keeps answering between batches (parsing the
         # next batch while this one is written gains nothing: both need the GIL)

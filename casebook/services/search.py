@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -336,6 +336,43 @@ def settle(connection: Connection) -> None:
         connection.exec_driver_sql(f"INSERT INTO {TABLE} ({TABLE}) VALUES ('optimize')")  # noqa: S608
 
 
+LEVELS = 10  # levels a new SQLite index is given before a bulk write (see `prepare_bulk`)
+_LEVELS = f'INSERT INTO {TABLE} ({TABLE}, rowid, terms, scope, rank) VALUES (?, ?, ?, ?, ?)'  # noqa: S608
+_DUMMY = 'zzlevel'  # the word of the entries that make the levels
+YOUNG_WORDS = 1000  # an index whose vocabulary has fewer words than this is given its levels before a bulk write
+_WORDS_HELD = f'SELECT count(*) FROM (SELECT 1 FROM {TABLE}_words LIMIT {YOUNG_WORDS})'  # noqa: S608
+
+
+def prepare_bulk(connection: Connection) -> None:
+    """Before many messages are indexed at once into an index that holds few (the migration, a restore, a first
+    import), on SQLite: give the index its levels first, so that the segment `settle` makes is not rewritten by
+    the sends that follow.
+
+    FTS5 keeps the index as segments in levels and merges by count: four segments of a level become one of the
+    next. `optimize` puts the one segment it makes at the deepest level the index has had. In a new index that is
+    level 0 or 1, so the few segments written by the next sends merge with it and rewrite the whole index inside
+    one send's commit (after a 100,000-message import, the 15th send wrote 20 MB; 1.1 MB per send on average over
+    40). Entries of one dummy word, each merged in, make the levels (a binary counter: 2**LEVELS entries, about
+    0.2 s); they are deleted at once and gone after `settle`. The segment then sits at level LEVELS, which sends'
+    own segments reach after about 4**LEVELS (a million) sends. An index that already holds many messages has
+    levels of its own; the dummy entries would merge them again and again, so it is left as it is."""
+    if connection.dialect.name == 'postgresql':
+        return
+    if (connection.exec_driver_sql(_WORDS_HELD).scalar() or 0) >= YOUNG_WORDS:
+        return
+    rowids = range(-1, -1 - 2**LEVELS, -1)
+    # one statement: a row whose first value is 'merge' is FTS5's merge command, the others are entries
+    each = [[(None, rowid, _DUMMY, _DUMMY, None), ('merge', None, None, None, -16)] for rowid in rowids]
+    connection.exec_driver_sql(_LEVELS, [row for pair in each for row in pair])
+    connection.exec_driver_sql(_LEVELS, [('delete', rowid, _DUMMY, _DUMMY, None) for rowid in rowids])
+
+
+def _at_least(connection: Connection, after_id: int, count: int) -> bool:
+    """Whether `count` messages or more have an id above `after_id`."""
+    query = select(func.count()).select_from(select(Message.id).where(Message.id > after_id).limit(count).subquery())
+    return (connection.execute(query).scalar() or 0) >= count
+
+
 def rebuild(connection: Connection, *, after_id: int = 0, bulk: bool = False) -> int:
     """Index every message with an id above `after_id` (a migration, a restore); how many were indexed.
 
@@ -346,6 +383,8 @@ def rebuild(connection: Connection, *, after_id: int = 0, bulk: bool = False) ->
     if postgres and bulk:
         for name in POSTGRES_INDEXES:
             connection.exec_driver_sql(f'DROP INDEX IF EXISTS {name}')
+    if bulk and _at_least(connection, after_id, SETTLE_FROM):
+        prepare_bulk(connection)
     query = (
         select(Message.id, Conversation.clinician_id, Message.conversation_id, Message.text)
         .join(Conversation, Conversation.id == Message.conversation_id)

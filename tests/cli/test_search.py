@@ -17,7 +17,9 @@ from sqlalchemy.engine import make_url
 from casebook import cli
 from casebook.db import Database
 from casebook.models import AuditEvent, Message
+from tests import postgres
 from tests.cli.test_exchange_cli import add_user
+from tests.conftest import BACKENDS
 from tests.services.test_search import HOSTILE
 
 CASEBOOK = Path(sys.executable).parent / 'casebook'
@@ -31,6 +33,16 @@ BOB = [
     ('PAT1', 'doctor', 'bob writes fever too', '2026-11-26T09:00:00Z'),
     ('PAT3', 'doctor', 'fever', '2026-11-26T09:01:00Z'),
 ]
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> postgres.PostgresServer | None:
+    """SQLite here, unless a test asks for both engines: tests/services/test_search.py runs every query rule on
+    both; what the command adds (arguments, the output's form, exit statuses) is the same code on either, and the
+    one test of the output's form (times as each engine stores them) runs on both."""
+    if getattr(request, 'param', 'sqlite') == 'postgresql':
+        return request.getfixturevalue('postgres_server')
+    return None
 
 
 def sync_engine(url: str):
@@ -80,6 +92,7 @@ def search(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, st
     return code, out, err
 
 
+@pytest.mark.parametrize('backend', BACKENDS, indirect=True)
 def test_one_tab_separated_line_per_hit_newest_first(notes, capsys):
     ids, _ = stored(notes)
     code, out, err = search(capsys, '--user', 'ada', 'f')

@@ -594,3 +594,44 @@ def test_fts5_holds_exactly_the_words_of_each_text(texts):
     for number, text in enumerate(texts, start=1):
         assert [term for doc, term in held if doc == number] == search.words(text), text
     assert vocabulary == {word for text in texts for word in search.words(text) if not word[0].isdigit()}
+
+
+MATCHING = f'SELECT count(*) FROM {search.TABLE} WHERE {search.TABLE} MATCH ?'  # noqa: S608 (our own table)
+INDEX_BYTES = f'SELECT sum(length(block)) FROM {search.TABLE}_data'  # noqa: S608
+
+
+def test_an_index_written_at_once_is_not_rewritten_by_the_sends_after_it(tmp_path):
+    """After a first import (or a restore, or the migration) FTS5's one merged segment must sit above the levels
+    the next sends' small segments reach: each send's commit writes a few pages, never the whole index again.
+    Bytes in the write-ahead log per commit: a count of pages written, not a timing."""
+    path = tmp_path / 'index.sqlite3'
+    engine = create_engine(f'sqlite:///{path}')
+    with engine.begin() as connection:
+        connection.exec_driver_sql('PRAGMA journal_mode=WAL')
+        for statement in search.SQLITE_CREATE:
+            connection.exec_driver_sql(statement)
+    with engine.begin() as connection:
+        search.prepare_bulk(connection)
+        for start in range(0, 20_000, 5_000):
+            notes = [
+                (n, 1, 1, f'Clinic note {n}: word{n % 997} fever {n * 7919 % 100_003}')
+                for n in range(start, start + 5_000)
+            ]
+            search.index_rows(connection, notes)
+        search.settle(connection)
+        assert connection.exec_driver_sql(MATCHING, ('zzlevel',)).scalar() == 0  # the entries that made the levels
+    with engine.begin() as connection:
+        connection.exec_driver_sql('PRAGMA wal_checkpoint(TRUNCATE)')
+        index_bytes = connection.exec_driver_sql(INDEX_BYTES).scalar()
+    wal = path.with_name(path.name + '-wal')
+    written = []
+    for n in range(100):  # FTS5 merges four segments of a level into one of the next: after 4, 16, 64 sends
+        before = wal.stat().st_size if wal.exists() else 0
+        with engine.begin() as connection:
+            search.index_rows(connection, [(20_000 + n, 1, 1, f'sent note {n} about fever')])
+        written.append(wal.stat().st_size - before)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql(MATCHING, ('fever',)).scalar() == 20_100
+    engine.dispose()
+    assert index_bytes > 1_000_000
+    assert max(written) < index_bytes / 10, (max(written), index_bytes)
