@@ -90,6 +90,24 @@ class Clinician(Base):
     __table_args__ = (CheckConstraint("role IN ('doctor', 'nurse', 'admin')", name='role'),)
 
 
+class Template(Base):
+    """A clinician's own note template (a name and a text to start a note from); nobody else sees it.
+
+    `name_key` is the name as compared (casebook.services.templates.name_key): unique per clinician, so two tabs
+    saving "SOAP" and "soap" at once cannot both succeed."""
+
+    __tablename__ = 'templates'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clinician_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'))
+    name: Mapped[str] = mapped_column(String(80))  # templates.NAME_MAX
+    name_key: Mapped[str] = mapped_column(Text)  # case-folding can make a name longer: no limit of its own
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (UniqueConstraint('clinician_id', 'name_key', name='uq_templates_clinician_name_key'),)
+
+
 class AuthSession(Base):
     """A server-side sign-in; browsers hold only the token, the database holds its SHA-256."""
 
