@@ -14,6 +14,9 @@ JSON numbers, strings, true/false and null; times are UTC in ISO 8601 with micro
 made from SQLite restores into PostgreSQL and back. Sessions, NiceGUI storage and the derived activity tables
 are not in it.
 
+A file holds the tables its schema revision had: one made before a table was added (ADDED_BY_REVISION, e.g.
+`templates` at 0008) has no section and no count for it, and restores with that table empty. The format stays v1.
+
 Backup reads everything in ONE transaction (SQLite: one read transaction in WAL mode, which never takes the
 write lock; PostgreSQL: REPEATABLE READ READ ONLY), so counts, rows and the audit chain's head are those of one
 moment while clinicians keep writing. Rows are streamed in batches: memory stays constant.
@@ -29,6 +32,7 @@ hostage by an altered trail, and the break stays visible.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -57,6 +61,7 @@ from casebook.models import (
     EnteredInError,
     Installation,
     Message,
+    Template,
     UTCDateTime,
 )
 from casebook.services import audit, search
@@ -68,8 +73,11 @@ SUFFIX = '.cbk'
 # What a backup holds, in the order it is written and restored (foreign keys point only to tables before).
 TABLES: tuple[Table, ...] = tuple(
     model.__table__  # type: ignore[misc]
-    for model in (Installation, Clinician, Conversation, Message, EnteredInError, AuditEvent, AuditHead)
+    for model in (Installation, Clinician, Template, Conversation, Message, EnteredInError, AuditEvent, AuditHead)
 )
+# Tables made by a later migration than the first backups': a file of an older schema revision has no section
+# for them (and no count in its header), and restores with them empty.
+ADDED_BY_REVISION = {'templates': '0008'}
 # Left out on purpose: sign-ins end with a restore (everyone signs in again), and the chart's hourly counts are
 # derived from the audit trail and rebuilt on first need. A new table must be named in one of the two. The search
 # index (search.TABLE, made by its migration's own SQL, not a model) is rebuilt from the messages by a restore.
@@ -77,7 +85,7 @@ NOT_BACKED_UP = frozenset({'auth_sessions', 'activity_hours', 'activity_rollup'}
 BATCH = 5000  # rows per read, per write and per insert: memory stays flat, round trips stay few
 COMPRESSLEVEL = 1  # gzip level: 1 is about 3x faster than 6 and the file only ~20% larger
 # tables whose rows say the target is in use; audit_head always has its one row after migrating
-IN_USE = ('installation', 'clinicians', 'conversations', 'messages', 'entered_in_error', 'audit_events')
+IN_USE = ('installation', 'clinicians', 'templates', 'conversations', 'messages', 'entered_in_error', 'audit_events')
 _FORMAT_NAME = re.compile(r'casebook\.backup\.v(\d+)')
 _TIME = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00')
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode
@@ -113,9 +121,26 @@ def default_name(now: datetime | None = None) -> str:
 
 
 def known_revisions() -> set[str]:
+    return set(_revisions())
+
+
+@functools.cache
+def _revisions() -> tuple[str, ...]:
+    """The migrations' revisions, oldest first."""
     from alembic.script import ScriptDirectory
 
-    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    walked = ScriptDirectory.from_config(alembic_config()).walk_revisions()  # newest first
+    return tuple(reversed([script.revision for script in walked]))
+
+
+def tables_of(revision: str) -> tuple[Table, ...]:
+    """The tables a backup of a database at this (known) schema revision holds, in TABLES order."""
+    order = _revisions()
+    return tuple(
+        table
+        for table in TABLES
+        if table.name not in ADDED_BY_REVISION or order.index(ADDED_BY_REVISION[table.name]) <= order.index(revision)
+    )
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -376,7 +401,8 @@ def check(path: Path, *, progress: Progress | None = None, chain: bool = True) -
         elif audit_chain is not None:
             audit_chain.add(*item)
     verdict = audit_chain.verdict() if audit_chain else audit.Verdict(True, header['rows']['audit_events'])
-    return Summary(header['schema_revision'], header['created_at'], header['source_engine'], header['rows'], verdict)
+    rows = {table.name: header['rows'].get(table.name, 0) for table in TABLES}  # a table newer than the file: none
+    return Summary(header['schema_revision'], header['created_at'], header['source_engine'], rows, verdict)
 
 
 def _read(path: Path, progress: Progress | None, phase: str) -> Iterator[dict[str, Any] | tuple[str, list[list[Any]]]]:
@@ -471,7 +497,7 @@ class _Parser:
         self.total = sum(header['rows'].values())
         yield header
         line = self._take('it has no tables (truncated)')
-        for table in TABLES:
+        for table in tables_of(header['schema_revision']):
             line = yield from self._section(table.name, line)
         self._trailer(self._value(line), header)
 
@@ -559,7 +585,8 @@ def _header(header: Any) -> dict[str, Any]:
     if revision not in known_revisions():
         raise _Faulty(f'made by a newer Casebook (schema revision {str(revision)[:20]!r}): upgrade first')
     rows = header.get('rows')
-    if not isinstance(rows, dict) or sorted(rows) != sorted(COLUMNS) or not all(_count(v) for v in rows.values()):
+    expected = sorted(table.name for table in tables_of(revision))
+    if not isinstance(rows, dict) or sorted(rows) != expected or not all(_count(v) for v in rows.values()):
         raise _Faulty('its header has no valid row counts')
     if not isinstance(header.get('created_at'), str) or not isinstance(header.get('source_engine'), str):
         raise _Faulty('its header is incomplete')

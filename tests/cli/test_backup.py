@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from casebook import cli
 from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
-from casebook.services import accounts, backup, conversations
+from casebook.services import accounts, backup, conversations, templates
 from tests.browser_support import CASEBOOK, casebook_env
 from tests.conftest import PASSWORD, add_clinician
 
@@ -39,6 +39,11 @@ TEXTS = [
     'مرحبا — right to left, emoji 🩺, zero\u200bwidth',
     'x' * 10_000,
 ]
+# each clinician's note templates: spaces at line ends, blank lines between lines, hostile text; the same name twice
+TEMPLATES = {
+    'ada': {'SOAP': 'S: \nO: \nA: \nP: ', 'Fièvre <script>': 'T°: \n\n\tمرحبا 🩺 "x"\\ ', 'SBAR': 'S:\nB:\nA:\nR:'},
+    'bob': {'soap': 'Nurse: \n  obs: '},
+}
 
 
 # ----- helpers --------------------------------------------------------------------------------------------------
@@ -58,6 +63,24 @@ def counts(url: str) -> dict[str, int]:
             return {name: connection.scalar(text(f'SELECT count(*) FROM {name}')) for name in TABLES}  # noqa: S608
     finally:
         engine.dispose()
+
+
+def templates_of(url: str) -> dict[str, list[templates.TemplateInfo]]:
+    """Each clinician's templates as the app lists them (ids included)."""
+
+    async def work() -> dict[str, list[templates.TemplateInfo]]:
+        db = Database(url)
+        try:
+            async with db.session() as session:
+                clinicians = (await session.execute(select(Clinician.username, Clinician.id))).all()
+            return {
+                username: await db.run(lambda s, c=clinician_id: templates.list_sync(s, clinician_id=c))
+                for username, clinician_id in clinicians
+            }
+        finally:
+            await db.dispose()
+
+    return run_on_own_loop(work)
 
 
 def conversations_of(url: str) -> list[tuple[str, str]]:
@@ -92,6 +115,13 @@ def seed(url: str) -> None:
                 await conversations.mark_entered_in_error(
                     session, clinician=ada, conversation_id=conversation.id, message_id=first.id
                 )
+            for clinician in (ada, bob):
+                for name, template in TEMPLATES[clinician.username].items():
+                    await db.run(
+                        lambda s, c=clinician, n=name, t=template: templates.save_sync(
+                            s, clinician_id=c.id, name=n, text=t
+                        )
+                    )
         finally:
             await db.dispose()
 
@@ -202,6 +232,9 @@ def test_round_trip_keeps_everything_seen(fresh, casebook, tmp_path, source_engi
     assert 'everyone signs in again' in out
     assert counts(target) == before
     assert_same_as_seen(casebook, source, target)
+    kept = templates_of(target)
+    assert kept == templates_of(source)
+    assert {name: {t.name: t.text for t in held} for name, held in kept.items()} == TEMPLATES
     check_new_rows_get_new_ids(target)
 
 
@@ -218,6 +251,8 @@ def check_new_rows_get_new_ids(url: str) -> None:
             carol = await add_clinician(db, 'carol')
             assert carol.id == 3
             await send_all(db, carol, 'PAT9', ['after the restore'])
+            template = await db.run(lambda s: templates.save_sync(s, clinician_id=ada.id, name='new', text='x'))
+            assert template.id == len(TEMPLATES['ada']) + len(TEMPLATES['bob']) + 1
         finally:
             await db.dispose()
 
@@ -232,7 +267,9 @@ def test_check_shows_what_a_file_holds_and_writes_nothing(fresh, casebook, tmp_p
     target = fresh('sqlite', 'target')
     code, out, err = casebook(target, 'restore', '--check', str(file))
     assert (code, err) == (0, '')
-    held = 'installation 1, clinicians 2, conversations 3, messages 14, entered in error 1, audit events 15'
+    held = (
+        'installation 1, clinicians 2, templates 4, conversations 3, messages 14, entered in error 1, audit events 15'
+    )
     assert out.startswith(f'{file} is whole: {held}')
     assert 'audit trail intact: 15 rows' in out
     assert not make_url(target).database or not Path(make_url(target).database).exists()
@@ -596,3 +633,67 @@ def test_times_stored_in_another_spelling_are_written_canonical(fresh, casebook,
     assert b'"2026-01-01T09:00:00.000000+00:00"' in gzip.decompress(file.read_bytes())
     code, _out, err = casebook(fresh('sqlite', 'target'), 'restore', str(file))
     assert (code, err) == (0, '')
+
+
+def as_made_before_templates(path: Path) -> None:
+    """The file as a Casebook at schema revision 0007 wrote it: no templates section, no templates count."""
+    lines = lines_of(path)
+    header, trailer = json.loads(lines[0]), json.loads(lines[-1])
+    assert header['schema_revision'] == '0008'  # this test is about the revision that added templates
+    header['schema_revision'] = '0007'
+    del header['rows']['templates'], trailer['end']['rows']['templates']
+    start = lines.index(next(line for line in lines if line.startswith(b'{"table":"templates"')))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(b'['))
+    lines = [
+        (json.dumps(header) + '\n').encode(),
+        *lines[1:start],
+        *lines[end:-1],
+        (json.dumps(trailer) + '\n').encode(),
+    ]
+    rewritten(path, lines)
+
+
+def test_a_file_made_before_templates_restores_without_them(database, casebook, good_backup, tmp_path):
+    file = tmp_path / 'older.cbk'
+    file.write_bytes(good_backup.read_bytes())
+    as_made_before_templates(file)
+    assert b'"templates"' not in gzip.decompress(file.read_bytes())
+    code, out, err = casebook(database.url, 'restore', '--check', str(file))
+    assert (code, err) == (0, '') and 'clinicians 2, templates 0, conversations 3' in out
+    code, out, err = casebook(database.url, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert 'the counts match' in out
+    assert counts(database.url) == counts_in(good_backup) | {'templates': 0}
+    assert templates_of(database.url) == {'ada': [], 'bob': []}
+
+
+def counts_in(path: Path) -> dict[str, int]:
+    return json.loads(lines_of(path)[0])['rows']
+
+
+@pytest.mark.parametrize(
+    ('templates_section', 'revision', 'templates_count', 'message'),
+    [
+        (False, '0008', None, 'its header has no valid row counts'),
+        (False, '0008', 0, 'the templates section was expected here'),
+        (True, '0007', 4, 'its header has no valid row counts'),
+        (True, '0007', None, 'the conversations section was expected here'),
+    ],
+)
+def test_the_templates_section_is_expected_by_revision(
+    good_backup, tmp_path, templates_section, revision, templates_count, message
+):
+    """A file of revision 0008 or later without its templates section, or of 0007 with one, is refused."""
+    file = tmp_path / 'altered.cbk'
+    file.write_bytes(good_backup.read_bytes())
+    if not templates_section:
+        as_made_before_templates(file)
+    lines = lines_of(file)
+    header = json.loads(lines[0])
+    header['schema_revision'] = revision
+    header['rows'].pop('templates', None)
+    if templates_count is not None:
+        header['rows']['templates'] = templates_count
+    rewritten(file, [(json.dumps(header) + '\n').encode(), *lines[1:]])
+    with pytest.raises(backup.BackupError, match=message):
+        backup.check(file)
