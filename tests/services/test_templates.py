@@ -33,6 +33,18 @@ async def delete(database, clinician, template_id: int) -> None:
     await database.run(lambda s: templates.delete_sync(s, clinician_id=clinician.id, template_id=template_id))
 
 
+async def fill(database, clinician, count: int) -> None:
+    """`count` templates T0, T1, … for the clinician, straight into the table (faster than saving each)."""
+
+    def work(session):
+        session.add_all(
+            Template(clinician_id=clinician.id, name=f'T{n}', name_key=f't{n}', text='x') for n in range(count)
+        )
+        session.commit()
+
+    await database.run(work)
+
+
 async def refused(database, clinician, name: str, text: str = SOAP, template_id: int | None = None) -> str:
     with pytest.raises(InvalidInput) as caught:
         await save(database, clinician, name, text, template_id)
@@ -194,14 +206,7 @@ async def test_a_name_is_the_same_whatever_its_unicode_composition(database):
 async def test_at_most_templates_max_per_clinician(database):
     ada = await add_clinician(database, 'ada')
     bob = await add_clinician(database, 'bob')
-
-    def fill(session):
-        session.add_all(
-            Template(clinician_id=ada.id, name=f'T{n}', name_key=f't{n}', text='x') for n in range(TEMPLATES_MAX - 1)
-        )
-        session.commit()
-
-    await database.run(fill)
+    await fill(database, ada, TEMPLATES_MAX - 1)
     last = await save(database, ada, 'last one')
     message = f'You have {TEMPLATES_MAX} templates, as many as one can keep: delete one first.'
     assert await refused(database, ada, 'one too many') == message
@@ -283,14 +288,7 @@ async def test_two_tabs_saving_one_name_at_once_store_it_once(database):
 
 async def test_two_tabs_adding_at_once_never_pass_the_limit(database):
     ada = await add_clinician(database, 'ada')
-
-    def fill(session):
-        session.add_all(
-            Template(clinician_id=ada.id, name=f'T{n}', name_key=f't{n}', text='x') for n in range(TEMPLATES_MAX - 2)
-        )
-        session.commit()
-
-    await database.run(fill)
+    await fill(database, ada, TEMPLATES_MAX - 2)
     outcomes = await asyncio.gather(*(save(database, ada, f'new {n}') for n in range(4)), return_exceptions=True)
     assert sum(isinstance(o, TemplateInfo) for o in outcomes) == 2, outcomes
     assert sum(isinstance(o, InvalidInput) for o in outcomes) == 2, outcomes
