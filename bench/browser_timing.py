@@ -89,7 +89,10 @@ MEASURE_CLICK_JS = """
   let started = 0;
   let arrived = null;  // when the socket.io message holding the text reached the page (before Vue renders it)
   const onMessage = (event, data) => {
-    if (arrived === null && event === 'update' && JSON.stringify(data).includes(text)) arrived = performance.now();
+    // the text as JSON spells it (a line break is \\n there)
+    if (arrived === null && event === 'update' && JSON.stringify(data).includes(JSON.stringify(text).slice(1, -1))) {
+      arrived = performance.now();
+    }
   };
   if (window.socket && window.socket.onAny) window.socket.onAny(onMessage);
   const observer = new MutationObserver((records) => {
@@ -172,7 +175,7 @@ class Snapshot:
 def _wait_input_empty(page, label: str, timeout_ms: int) -> None:
     """Until the server has cleared the input: typing before that would be wiped by the clearing."""
     page.wait_for_function(
-        '(label) => [...document.querySelectorAll("input")].some(i => i.getAttribute("aria-label") === label '
+        '(label) => [...document.querySelectorAll("input, textarea")].some(i => i.getAttribute("aria-label") === label '
         '&& i.value === "")',
         arg=label,
         timeout=timeout_ms,
@@ -197,11 +200,13 @@ def _send_timed(page, button, text: str, timeout_ms: int) -> dict:
     return result
 
 
-def _sends(page, count: int, label: str, timeout_ms: int) -> list[dict]:
+def _sends(page, count: int, label: str, timeout_ms: int, lines: int = 1) -> list[dict]:
+    """`count` timed sends; with `lines` > 1 each message has that many lines (Casebook's composer only)."""
     button = page.get_by_role('button', name='Send', exact=True)
     results = []
     for index in range(count):
-        results.append(_send_timed(page, button, f'{label} send {index} {uuid.uuid4().hex}', timeout_ms))
+        more = ''.join(f'\nline {line} of the note' for line in range(2, lines + 1))
+        results.append(_send_timed(page, button, f'{label} send {index} {uuid.uuid4().hex}{more}', timeout_ms))
     return results
 
 
@@ -251,7 +256,14 @@ def _reload_timed(page, newest: str) -> float | None:
 
 
 def measure_casebook(
-    browser, messages: int, *, sends: int, open_repeats: int, profile: bool = False, trace: bool = False
+    browser,
+    messages: int,
+    *,
+    sends: int,
+    open_repeats: int,
+    profile: bool = False,
+    trace: bool = False,
+    lines: int = 1,
 ) -> dict:
     info = seed.seeded(messages)
     data_dir = fresh_copy(Path(info.data_dir), f'casebook-{messages}')
@@ -302,7 +314,7 @@ def measure_casebook(
                 spy = start_profile(server.pid, sends * 0.35 + 5, profile_path)
                 time.sleep(1)  # py-spy attaches
             started = time.perf_counter()
-            timed = _sends(page, sends, f'casebook-{messages}', TIMEOUT_MS)
+            timed = _sends(page, sends, f'casebook-{messages}', TIMEOUT_MS, lines)
             wall = time.perf_counter() - started
             if trace_path is not None:
                 result['trace'] = trace_summary(trace_path, started, started + wall, sends)
@@ -465,6 +477,7 @@ def run(
     trace_size=None,
     floor=True,
     floor_shown=(0, 50),
+    lines=1,
 ) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -472,6 +485,7 @@ def run(
         'machine': machine(),
         'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         'method': 'in-page performance.now() from button.click() until a MutationObserver sees the text',
+        'lines_per_message': lines,
         'casebook': [],
         'baseline': [],
     }
@@ -494,6 +508,7 @@ def run(
                             open_repeats=open_repeats,
                             profile=size == profile_size,
                             trace=size == trace_size,
+                            lines=lines,
                         ),
                     )
                 )
@@ -554,6 +569,7 @@ def main() -> None:
     parser.add_argument(
         '--floor-shown', type=int, nargs='+', default=[0, 50], help='labels on the trivial page before the sends'
     )
+    parser.add_argument('--lines', type=int, default=1, help="lines in each of Casebook's timed messages")
     parser.add_argument('--name', default='browser_timing', help='results file bench/results/NAME.json')
     args = parser.parse_args()
     results = run(
@@ -566,6 +582,7 @@ def main() -> None:
         trace_size=args.trace,
         floor=not args.no_floor,
         floor_shown=args.floor_shown,
+        lines=args.lines,
     )
     path = write_result(args.name, results)
     print(table(results))

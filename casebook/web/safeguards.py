@@ -37,7 +37,10 @@ class IdleWatch:
         self.lead = min(WARNING_LEAD, self.idle / 2)
         self.active = False  # typed since the last check: that is activity too
         self.checking = False
-        with ui.dialog().props('persistent') as self.dialog, ui.card().classes('max-w-md').props('role=alertdialog'):
+        with (
+            ui.dialog().props('persistent aria-label="Still there?"') as self.dialog,
+            ui.card().classes('max-w-md').props('role=alertdialog'),
+        ):
             heading('Still there?', level=2, classes='text-lg font-semibold')
             idle = duration(self.idle.total_seconds() / 60)
             ui.label(
@@ -129,7 +132,7 @@ async def show_sessions(
     """The clinician's live sessions, with a way to end any or all of the others."""
     rt = runtime.current()
     clinician = signed.clinician
-    with ui.dialog() as dialog, ui.card().classes('w-full max-w-xl'):
+    with ui.dialog().props('aria-label="Your sessions"') as dialog, ui.card().classes('w-full max-w-xl'):
         heading('Your sessions', level=2, classes='text-lg font-semibold')
         ui.label('Every browser where you are signed in. End any you do not recognise or no longer use.').classes(
             'text-sm text-gray-700'

@@ -28,7 +28,11 @@ def test_the_workspace_fits_every_width(new_visitor, width: str) -> None:
     for n in range(12):
         ada.send(f'Note {n}: {LONG_NOTE}' if n % 3 else f'Note {n}')
     ada.send(UNBROKEN)
+    # a long draft: the composer grows to about eight lines, then scrolls; it and Send stay on screen
+    ada.composer.fill('\n'.join(f'Draft line {n}' for n in range(12)))
     ada.page.wait_for_timeout(300)
+    grown = ada.composer.evaluate('(box) => [box.clientHeight, box.scrollHeight]')
+    assert 150 <= grown[0] <= 210 < grown[1], grown  # about eight lines of 24 px shown, the rest scrolled
     found = overflow(ada)
     assert found['scroll'] <= 0, found
     composer_on_screen(ada)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from casebook.db import Database
 from casebook.models import AuthSession, Clinician
-from casebook.services import accounts
+from casebook.services import accounts, templates
 from casebook.web import runtime
 from casebook.web.pages.search_panel import HitCard
 from tests.browser_support import free_port
@@ -175,3 +175,27 @@ async def test_a_search_the_database_cannot_take_says_so_and_shows_nothing_unaud
         blocker.close()
     user.find(kind=ui.input, content='Search notes').trigger('keydown.enter')  # trying again finds it
     await user.should_see(kind=HitCard)
+
+
+async def test_a_template_the_database_cannot_take_says_so_and_keeps_what_was_typed(user: User) -> None:
+    await create_first_account(user)
+    user.find(kind=ui.button, content='Profile').click()
+    await user.should_see('No templates yet.')
+    user.find(kind=ui.button, content='Add template').click()
+    name, text = user.find(kind=ui.input, content='Template name'), user.find(kind=ui.input, content='Template text')
+    name.type('   ')
+    text.type('S: \nO: ')
+    user.find(kind=ui.button, content='Save template').click()
+    await user.should_see('Template name: please enter one.')  # refused: a clear message, nothing stored
+    name.clear().type('SOAP')
+    with write_lock_held_elsewhere():
+        user.find(kind=ui.button, content='Save template').click()
+        await user.should_see('The database could not be reached. Nothing was changed', retries=200)
+    assert name.elements.pop().value == 'SOAP' and text.elements.pop().value == 'S: \nO: '  # still there to retry
+    async with runtime.current().database.session() as session:
+        clinician = await accounts.find_by_username(session, 'ada')
+    assert await runtime.current().database.run(lambda s: templates.list_sync(s, clinician_id=clinician.id)) == []
+    user.find(kind=ui.button, content='Save template').click()  # the retry, through the same path
+    await user.should_see('Template “SOAP” saved.')
+    listed = await runtime.current().database.run(lambda s: templates.list_sync(s, clinician_id=clinician.id))
+    assert [(t.name, t.text) for t in listed] == [('SOAP', 'S: \nO: ')]

@@ -305,6 +305,7 @@ class AdminPage:
         if not await self._still_admin():
             return
         with ui.dialog() as dialog, ui.card().classes('w-full max-w-md'):
+            dialog.props['aria-label'] = f'Reset the password of {row.username}'
             heading(f'Reset the password of {row.username}', level=2, classes='text-lg font-semibold')
             ui.label('Their sessions end; tell them the new password in person.').classes('text-sm text-gray-700')
             password = ui.input('New password', password=True, password_toggle_button=True).classes('w-full')

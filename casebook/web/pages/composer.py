@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from nicegui import ui
+from nicegui import background_tasks, ui
 from sqlalchemy.orm import Session
 
 from casebook import metrics
@@ -35,8 +35,66 @@ SENDING_AFTER = 0.3  # seconds: a send that takes longer than this shows that it
 DRAFT_DELAY = 1.0  # seconds after the last keystroke before a draft is written
 
 
+LENGTH_SHOWN_FROM = 9_000  # characters from which the count is shown under the composer
+# Enter sends; Shift+Enter breaks the line (the text area's own). Enter that confirms an input method's composition
+# (Japanese, Chinese…) does not send: the browser marks it isComposing (Chrome) or keyCode 229 (Safari, after
+# compositionend), and a composition the page was told of is remembered on the box until it ends.
+SEND_ON_ENTER_JS = """(event) => {
+  if (event.shiftKey || event.isComposing || event.keyCode === 229) return;
+  if (event.target.dataset.composing) return;
+  event.preventDefault();
+  emit();
+}"""
+COMPOSITION_JS = """
+<script>
+document.addEventListener('compositionstart', (event) => { event.target.dataset.composing = '1'; }, true);
+document.addEventListener('compositionend', (event) => { delete event.target.dataset.composing; }, true);
+</script>
+"""
+
+
 class Composer:
     """Sending, correcting and marking messages, and the draft (mixed into `Workspace`)."""
+
+    def _build_composer(self) -> None:
+        """The footer's contents: the text area and Send, the length under it when near the limit, and the send's
+        state when it is slow or failed."""
+        with ui.row().classes('w-full max-w-4xl mx-auto items-end gap-2 no-wrap'):
+            # created holding the draft: setting it later would reach the browser only after the socket
+            # connects and overwrite whatever was typed in between
+            draft = self.book.draft(self.book.patient_id) if self.book.patient_id else ''
+            self.composer = (
+                ui.textarea('Type message here', value=draft)
+                .props('outlined dense autogrow rows=1 aria-keyshortcuts="Enter Shift+Enter"')
+                .classes('grow casebook-composer')
+            )
+            self.composer.on('keydown.enter', self.send, js_handler=SEND_ON_ENTER_JS)
+            ui.add_body_html(COMPOSITION_JS)
+            self._build_template_picker()
+            self.send_button = ui.button('Send', on_click=self.send)
+        self.length_note = ui.label().classes('w-full max-w-4xl mx-auto text-sm')
+        self.length_note.set_visibility(False)
+        with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2') as self.send_state:
+            self.send_state_text = ui.label().props('role=status aria-live=polite').classes('text-sm')
+            self.retry_button = ui.button('Retry', icon='refresh', on_click=self.send).props('outline no-caps')
+        self.send_state.set_visibility(False)
+        self.composer.on_value_change(self._draft_changed)
+
+    def _show_length(self, text: str) -> None:
+        """From LENGTH_SHOWN_FROM characters on, how many of the limit the text holds; over it, by how many."""
+        count = len(text.strip())
+        if count < LENGTH_SHOWN_FROM:
+            if self.length_note.visible:
+                self.length_note.set_visibility(False)
+            return
+        over = count - conversations.MESSAGE_MAX
+        note = f'{count:,} of {conversations.MESSAGE_MAX:,} characters'
+        if over > 0:
+            note += f': {over:,} too many to send'
+        self.length_note.set_text(note)
+        over_classes = ' text-red-800 font-medium' if over > 0 else ''
+        self.length_note.classes(replace='w-full max-w-4xl mx-auto text-sm' + over_classes)
+        self.length_note.set_visibility(True)
 
     async def send(self) -> None:
         if self.conversation is None:
@@ -153,7 +211,10 @@ class Composer:
         if view is None or self.conversation is None:
             return
         conversation, message = self.conversation, view.message
-        with ui.dialog() as dialog, ui.card().classes('w-full max-w-lg'):
+        with (
+            ui.dialog().props('aria-label="Correct or mark this message"') as dialog,
+            ui.card().classes('w-full max-w-lg'),
+        ):
             heading('Correct or mark this message', level=2, classes='text-lg font-semibold')
             ui.label(message.text).classes('casebook-text text-sm text-gray-800 border-l-4 pl-2 max-h-40 overflow-auto')
             correction = ui.textarea('Corrected text', value=message.text).classes('w-full').props('autogrow outlined')
@@ -211,6 +272,10 @@ class Composer:
         the moment never needs writing at all.
         """
         self.idle.activity()  # typing a long note is activity: it keeps the session from idling out
+        value = self.composer.value if isinstance(self.composer.value, str) else ''
+        self._show_length(value)
+        if value == '/':  # a slash in an empty box: the clinician's templates to choose from
+            background_tasks.create(self._open_templates(replace_slash=True), name='templates')
         if self.conversation is not None and self._owns_notebook() and isinstance(self.composer.value, str):
             self.pending_draft = (self.conversation.patient_id, self.composer.value, self.send_id)
             if self.draft_timer is None:

@@ -26,13 +26,14 @@ from casebook.services.conversations import ConversationInfo
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, lifecycle, runtime
-from casebook.web.attempt import UNREACHABLE, NotDone, attempt, database_page
+from casebook.web.attempt import NOT_DONE, UNREACHABLE, NotDone, attempt, database_page
 from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
 from casebook.web.notebook import Notebook
 from casebook.web.pages.composer import Composer
 from casebook.web.pages.conversation_view import ConversationView
 from casebook.web.pages.search_panel import SearchPanel
+from casebook.web.pages.templates_ui import TemplatePicker
 from casebook.web.safeguards import IdleWatch, password_form, show_sessions
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,10 @@ async def workspace_page() -> RedirectResponse | None:
     return None
 
 
-class Workspace(Composer, ConversationView, SearchPanel):
+class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
     """One tab's view of the signed-in clinician's notebook: the page, its header and the session it acts for;
-    writing (composer.py), reading the conversation (conversation_view.py) and searching (search_panel.py) are
-    parts of it."""
+    writing (composer.py), reading the conversation (conversation_view.py), searching (search_panel.py) and note
+    templates (templates_ui.py) are parts of it."""
 
     def __init__(self, signed: SignedIn, token: str, book: Notebook) -> None:
         self.signed = signed
@@ -163,18 +164,7 @@ class Workspace(Composer, ConversationView, SearchPanel):
                 self.list = MessageList(on_actions=self._message_actions, on_older=self._load_older)
                 self.list.zone = _zone(self.book.timezone)
         with ui.footer().classes('casebook-footer border-t px-4 py-2'):
-            with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2 no-wrap'):
-                # created holding the draft: setting it later would reach the browser only after the socket
-                # connects and overwrite whatever was typed in between
-                draft = self.book.draft(self.book.patient_id) if self.book.patient_id else ''
-                self.composer = ui.input('Type message here', value=draft).props('outlined dense').classes('grow')
-                self.composer.on('keydown.enter', self.send)
-                self.send_button = ui.button('Send', on_click=self.send)
-            with ui.row().classes('w-full max-w-4xl mx-auto items-center gap-2') as self.send_state:
-                self.send_state_text = ui.label().props('role=status aria-live=polite').classes('text-sm')
-                self.retry_button = ui.button('Retry', icon='refresh', on_click=self.send).props('outline no-caps')
-            self.send_state.set_visibility(False)
-        self.composer.on_value_change(self._draft_changed)
+            self._build_composer()
         ui.on('casebook_near_top', self._near_top, throttle=0.3)
         ui.on('casebook_near_bottom', self._near_bottom, throttle=0.3)
 
@@ -221,7 +211,7 @@ class Workspace(Composer, ConversationView, SearchPanel):
     # ----- the profile ------------------------------------------------------------------------------
 
     async def _edit_profile(self) -> None:
-        with ui.dialog() as dialog, ui.card().classes('w-full max-w-sm'):
+        with ui.dialog().props('aria-label="Your profile"') as dialog, ui.card().classes('w-full max-w-lg'):
             heading('Your profile', level=2, classes='text-lg font-semibold')
             name = ui.input('Display name', value=self.clinician.display_name).classes('w-full')
             error = ui.label().props('role=alert').classes('text-red-800 text-sm')
@@ -247,9 +237,12 @@ class Workspace(Composer, ConversationView, SearchPanel):
                 ui.button('Cancel', on_click=dialog.close).props('flat')
                 ui.button('Save', on_click=save)
             ui.separator()
+            self._build_templates_section()
+            ui.separator()
             password_form(lambda: self.signed, address=self.address, still_signed_in=self._still_signed_in)
         dialog.on('hide', dialog.delete)
         dialog.open()
+        await self._show_templates()
 
     # ----- reading ------------------------------------------------------------------------------------
 
@@ -292,6 +285,21 @@ class Workspace(Composer, ConversationView, SearchPanel):
             return signed, work(session, signed)
 
         return unit
+
+    async def _checked(
+        self, work: Callable[[Session, SignedIn], T], tell: Callable[[str], object], *, what: str
+    ) -> T | NotDone:
+        """`work` done for this tab's session (see `_for_this_session`), the clinician told with `tell` when it was
+        refused or the database could not be reached; a session that ended goes to the login page. NOT_DONE
+        whenever the work was not done."""
+        database = runtime.current().database
+        done = await attempt(lambda: database.run(self._for_this_session(work)), tell, what=what)
+        if isinstance(done, NotDone) or self.client.is_deleted:
+            return NOT_DONE
+        signed, result = done
+        if not self._accept(signed):  # accepted: the work ran, and `result` is what it gave (None too)
+            return NOT_DONE
+        return result  # type: ignore[return-value]
 
     def _accept(self, signed: SignedIn | None) -> bool:
         """Keep acting for this session while it lives; otherwise go to the login page."""
