@@ -12,6 +12,7 @@ The baseline (bench/baseline_lesson.py) is measured the same way at its own size
     .venv/bin/python bench/browser_timing.py                          # 0, 10k, 100k, 1M; baseline 1k, 5k, 20k
     .venv/bin/python bench/browser_timing.py --sizes 0 100000 --baseline-sizes 1000 --sends 30
     .venv/bin/python bench/browser_timing.py --profile 100000         # py-spy on the server during the sends
+    .venv/bin/python bench/browser_timing.py --sizes 0 1000000 --baseline-sizes --lines 3   # 3-line messages
 """
 
 from __future__ import annotations
