@@ -604,12 +604,12 @@ def audit_entry(
 
     `actor` names who searched when it is not the clinician (the command line, as its other commands do): the
     clinician whose notes were searched is then named in the detail."""
-    hits = f'{len(results.hits)}{"+" if results.more else ""}'
+    count = len(results.hits)
+    hits = f'{count}{"+" if results.more else ""} {"hit" if count == 1 and not results.more else "hits"}'
     scope = 'this patient' if patient_id is not None else 'all patients'
     if actor is not None:
-        detail = f'{scope}, {hits} hits, as {clinician.username}'
-        return audit.Entry(audit.SEARCH, None, actor, patient_id, address, detail)
-    return audit.Entry(audit.SEARCH, clinician.id, clinician.username, patient_id, address, f'{scope}, {hits} hits')
+        return audit.Entry(audit.SEARCH, None, actor, patient_id, address, f'{scope}, {hits}, as {clinician.username}')
+    return audit.Entry(audit.SEARCH, clinician.id, clinician.username, patient_id, address, f'{scope}, {hits}')
 
 
 def search_sync(

@@ -55,7 +55,7 @@ async def test_all_patients_then_this_patient_only_each_search_audited_without_i
         rows = (await session.scalars(select(AuditEvent).where(AuditEvent.action == audit.SEARCH))).all()
     assert [(row.patient_id, row.detail) for row in rows] == [
         (None, 'all patients, 2 hits'),
-        ('PAT2', 'this patient, 1 hits'),
+        ('PAT2', 'this patient, 1 hit'),
         ('PAT2', 'this patient, 0 hits'),
     ]
     assert all(row.actor == 'ada' for row in rows)
