@@ -4,6 +4,10 @@ Every row's hash covers its own fields and the hash of the row before it. Append
 one-row chain head (an UPDATE, so concurrent writers queue there and never fork the chain), then inserts
 the row in the caller's transaction: an audited action and its audit row are committed together or not
 at all. `verify` walks the chain and names the first row that does not fit.
+
+A row's hash is the SHA-256 of the UTF-8 of one compact JSON array (no spaces, non-ASCII characters as they are):
+`[seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash]`, `at` in UTC as
+`2026-12-03T09:00:00.000000+00:00`; the first row's prev_hash is 64 zeros (GENESIS).
 """
 
 from __future__ import annotations

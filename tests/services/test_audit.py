@@ -7,9 +7,12 @@ PostgreSQL as its superuser; the append-only triggers dropped first.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -231,7 +234,16 @@ async def test_the_chain_hashes_any_text_as_python_does(database: Database) -> N
     for row in stored:
         entry = audit.Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
         assert row.hash == audit.row_hash(row.seq, row.at, entry, row.prev_hash)
+        assert row.hash == documented_hash(row)  # and as the documented form says, not only as the code does
     assert (await verify(database)).ok
+
+
+def documented_hash(row) -> str:
+    """A row's hash computed here from the canonical form audit.py's docstring gives, not by audit.row_hash: the
+    SHA-256 of the UTF-8 of the compact JSON array of the row's fields, non-ASCII characters as they are."""
+    fields = [row.seq, row.at.astimezone(UTC).isoformat(timespec='microseconds'), row.action, row.actor_id]
+    fields += [row.actor, row.patient_id, row.address, row.detail, row.prev_hash]
+    return hashlib.sha256(json.dumps(fields, ensure_ascii=False, separators=(',', ':')).encode('utf-8')).hexdigest()
 
 
 async def test_csv_export_defuses_formulas(database: Database) -> None:

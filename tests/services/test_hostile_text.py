@@ -68,6 +68,14 @@ async def test_any_text_is_refused_clearly_or_kept_exactly(ready, text: str) -> 
         assert back  # an empty message is never stored
 
 
+# The property above passes if everything is refused; this one cannot: every text a message may be (something
+# besides white space, no NUL, within the limit) is stored, and kept exactly.
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=300).filter(lambda text: text.strip() and '\x00' not in text))
+async def test_every_text_a_message_may_be_is_stored_exactly(ready, text: str) -> None:
+    assert await round_trip(ready, text) == text.strip()
+
+
 async def test_over_long_and_empty_are_refused(ready) -> None:
     assert await round_trip(ready, 'x' * 10_001) is None
     assert await round_trip(ready, ' \n\t ') is None

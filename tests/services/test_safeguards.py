@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from casebook.db import Database
 from casebook.models import AuditEvent, AuthSession, Clinician
@@ -181,4 +181,6 @@ async def test_admins_cannot_lock_everyone_out(database: Database) -> None:
         await session.commit()
         with pytest.raises(InvalidInput, match='last active admin'):
             await accounts.set_disabled(session, admin=ada, clinician_id=bob.id, disabled=True)
-        await session.execute(update(Clinician).where(Clinician.id == bob.id).values(disabled=False))
+    async with database.session() as session:  # the refusal changed nothing: Bob is still an active admin
+        still = await session.get(Clinician, bob.id)
+        assert (still.role, still.disabled) == ('admin', False)
