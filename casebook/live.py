@@ -122,6 +122,11 @@ class LocalHub:
         if published_at is not None:
             metrics.live_delivered(published_at)
 
+    async def delivered(self) -> None:
+        """Until every event published so far has been handed to its subscribers here (tests, a graceful stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def subscriber_count(self, topic: str) -> int:
         return len(self._subscribers.get(topic, ()))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from nicegui import app, ui
+from nicegui import app, background_tasks, ui
 from nicegui.testing import User
 
 from casebook.web import runtime
@@ -71,3 +71,22 @@ async def should_see_message(user: User, text: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f'message {text!r} not shown; shown: {shown_messages(user)}')
+
+
+HANDLERS_TIMEOUT = 10.0  # seconds
+
+
+async def handlers_done(*handlers: str) -> None:
+    """Until no task of these event handlers (`'Composer.send'`, `'AdminPage._show_clinicians.<locals>.<lambda>'`:
+    NiceGUI names a handler's task after the handler) is running,
+    its database work included: after this, that an action left no trace is shown, not assumed after a sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDLERS_TIMEOUT
+
+    def running() -> list[str]:
+        names = [task.get_name() for task in background_tasks.running_tasks]
+        return [name for name in names if any(handler in name for handler in handlers)]
+
+    while busy := running():
+        assert loop.time() < deadline, f'handlers still running after {HANDLERS_TIMEOUT} s: {busy}'
+        await asyncio.sleep(0.01)

@@ -13,7 +13,7 @@ from casebook.models import AuditEvent
 from casebook.services import accounts, sessions
 from casebook.web import runtime
 from tests.conftest import PASSWORD
-from tests.web.helpers import add, create_first_account, log_in
+from tests.web.helpers import add, create_first_account, handlers_done, log_in
 
 
 async def actions() -> list[str]:
@@ -68,7 +68,7 @@ async def test_an_admin_demoted_meanwhile_can_do_nothing_more(user: User) -> Non
         await session.commit()
     bob_token = await session_of('bob')
     user.find(kind=ui.button, content='Disable').click()  # Ada's page is still open: the first Disable is Bob's
-    await asyncio.sleep(0.5)
+    await handlers_done('AdminPage._show_clinicians.<locals>.<lambda>')  # handled, whatever it did
     assert await alive(bob_token)
     async with runtime.current().database.session() as session:
         assert await accounts.authenticate(session, username='bob', password=PASSWORD) is not None

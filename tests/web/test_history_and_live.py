@@ -12,7 +12,14 @@ from nicegui.testing.user_interaction import UserInteraction
 from casebook.services import accounts, conversations
 from casebook.web import runtime
 from casebook.web.message_list import MAX_SHOWN, MessageCard
-from tests.web.helpers import create_first_account, open_patient, send, should_see_message, shown_messages
+from tests.web.helpers import (
+    create_first_account,
+    handlers_done,
+    open_patient,
+    send,
+    should_see_message,
+    shown_messages,
+)
 
 
 async def seed(patient_id: str, count: int, username: str = 'ada') -> None:
@@ -99,7 +106,7 @@ async def test_a_tab_on_another_patient_is_not_disturbed(user: User) -> None:
     await open_patient(user, 'PAT2')
     send(user, 'about two')
     await should_see_message(user, 'about two')
-    await asyncio.sleep(0.3)
+    await runtime.current().hub.delivered()  # every tab that was to hear of it has
     user.client = first_tab
     assert shown_messages(user) == []
 
@@ -158,6 +165,6 @@ async def test_a_forged_actions_event_for_a_message_not_shown_here_does_nothing(
         )
     for forged in (theirs.id, str(theirs.id), None, True, [theirs.id]):
         UserInteraction(user, {user.client.layout}, None).trigger('casebook_actions', forged)
-    await asyncio.sleep(0.3)
+    await handlers_done('MessageList._actions_clicked')  # each forged event handled, whatever it did
     await user.should_not_see('Correct or mark this message')
     await user.should_not_see('secret')

@@ -15,6 +15,7 @@ from tests.conftest import PASSWORD
 from tests.web.helpers import (
     add,
     create_first_account,
+    handlers_done,
     log_in,
     open_patient,
     send,
@@ -72,10 +73,13 @@ async def test_empty_and_whitespace_messages_do_nothing(user: User) -> None:
     await open_patient(user, 'PAT123')
     send(user, '')
     send(user, '   \t ')
-    await settle()
+    await handlers_done('Composer.send')  # the two sends have been handled, whatever they did
     assert shown_messages(user) == []
     assert await stored_texts() == []
     assert composer(user).value == '   \t '
+    send(user, 'a real note')  # and the same path stores a message: the refusal was the text's, not the path's
+    await should_see_message(user, 'a real note')
+    assert await stored_texts() == ['a real note']
 
 
 async def test_over_long_message_is_refused_and_kept(user: User) -> None:
@@ -200,7 +204,7 @@ async def test_logging_out_in_one_tab_stops_the_other(user: User) -> None:
     await user.should_see('Log in')
     user.client = first_tab  # the first tab still shows the workspace and tries to write
     send(user, 'written after logout')
-    await settle(0.5)
+    await handlers_done('Composer.send')
     assert shown_messages(user) == []
     assert await stored_texts() == []
 

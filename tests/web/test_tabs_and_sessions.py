@@ -12,6 +12,7 @@ from casebook.web import runtime
 from tests.web.helpers import (
     add,
     create_first_account,
+    handlers_done,
     log_in,
     notebook_storage,
     open_patient,
@@ -20,7 +21,7 @@ from tests.web.helpers import (
     shown_messages,
 )
 from tests.web.test_history_and_live import scroll_to_top, seed
-from tests.web.test_journey import composer, settle, stored_texts
+from tests.web.test_journey import composer, stored_texts
 
 
 async def test_a_forgotten_tab_cannot_write_into_the_next_clinicians_notebook(user: User) -> None:
@@ -36,7 +37,10 @@ async def test_a_forgotten_tab_cannot_write_into_the_next_clinicians_notebook(us
     bobs_tab = user.client
     user.client = adas_tab  # Ada's forgotten tab: someone types and sends in it
     send(user, 'ada private note about PAT1')
-    await settle(0.3)
+    await handlers_done('Composer.send')  # the send has been handled, whatever it did
+    # and the forgotten tab was sent away: to the login page, which finds Bob signed in in this browser and shows
+    # his own workspace (wait for it: the simulated browser follows the navigation in a task of its own)
+    await user.should_see('User: Dr. Bob')
     user.client = bobs_tab
     await open_patient(user, 'PAT1')
     assert composer(user).value == ''
