@@ -150,7 +150,7 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _restore(settings: Settings, args: argparse.Namespace) -> int:
-    from casebook.services import backup
+    from casebook.services import backup, two_step
 
     if args.check:
         with _progress_bar() as bar:
@@ -162,7 +162,9 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
         print(f'audit trail intact: {summary.audit.rows} rows')
         return 0
     with _progress_bar() as bar:  # the data dir is made only once the file is known to be good
-        restored = backup.restore(settings.effective_database_url, args.file, progress=bar)
+        restored = backup.restore(
+            settings.effective_database_url, args.file, progress=bar, key=lambda: two_step.key_of(settings)
+        )
     print(_described(args.file, restored.summary).replace('is whole', 'was whole'))
     print(f'restored into {_where(settings)}; the counts match')
     if not restored.audit.ok:  # it was so in the backup already (else the restore would have been refused)
@@ -173,7 +175,20 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f'audit trail intact: {restored.audit.rows} rows')
     print('sessions are not part of a backup: everyone signs in again')
+    _tell_who_must_set_up_two_step(restored.must_set_up_two_step)
     return 0
+
+
+def _tell_who_must_set_up_two_step(usernames: tuple[str, ...]) -> None:
+    """The clinicians whose two-step sign-in secret this Casebook's key cannot read (the backup was made under
+    another CASEBOOK_SECRET_KEY or storage secret): said plainly, as they cannot sign in with their app."""
+    if not usernames:
+        return
+    print(
+        f'two-step sign-in must be set up again by {len(usernames)} clinician(s), whose secrets were encrypted '
+        f'under another key: {", ".join(usernames)} (they can sign in with a recovery code, or an administrator '
+        'can reset two-step sign-in for them)'
+    )
 
 
 @contextmanager

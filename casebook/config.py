@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         'casebook:', pattern=r'^[A-Za-z0-9_.:-]{1,64}$', description='Start of every Redis key and channel.'
     )
     storage_secret: SecretStr | None = Field(None, description='Signs the session cookie; unset: generated once.')
+    secret_key: SecretStr | None = Field(
+        None, description='Encrypts two-step sign-in secrets (through HKDF); unset: derived from the storage secret.'
+    )
     idle_timeout_minutes: float = Field(15, gt=0, le=24 * 60, description='Automatic logoff after inactivity.')
     session_max_hours: int = Field(12, ge=1, le=24 * 30, description='Re-login required after this long.')
     open_registration: bool = Field(False, description='Let anyone create an account after the first one.')

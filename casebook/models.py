@@ -108,6 +108,36 @@ class Template(Base):
     __table_args__ = (UniqueConstraint('clinician_id', 'name_key', name='uq_templates_clinician_name_key'),)
 
 
+class TwoStep(Base):
+    """A clinician's authenticator app (two-step sign-in, casebook.services.two_step); no row: never set up.
+
+    A table of its own rather than columns on clinicians: the clinicians row is read at every sign-in and listed
+    on the Admin page, and it never holds a secret; a clinician without two-step sign-in has no row, turning it
+    off deletes the row, and a backup names the table (so a file made before it still restores, with none).
+    Secrets are Fernet tokens (encrypted with a key derived from CASEBOOK_SECRET_KEY or the storage secret).
+    `secret` and `enabled_at` are set together: it is on exactly when both are."""
+
+    __tablename__ = 'two_step'
+
+    clinician_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'), primary_key=True, autoincrement=False)
+    secret: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the confirmed secret, encrypted
+    pending_secret: Mapped[str | None] = mapped_column(String(255), nullable=True)  # set up, not yet confirmed
+    enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the last accepted code's time step
+    __table_args__ = (CheckConstraint('(secret IS NULL) = (enabled_at IS NULL)', name='on_with_secret'),)
+
+
+class RecoveryCode(Base):
+    """One of a clinician's one-time recovery codes, as its SHA-256 only; `used_at` once it has signed someone in."""
+
+    __tablename__ = 'recovery_codes'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clinician_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class AuthSession(Base):
     """A server-side sign-in; browsers hold only the token, the database holds its SHA-256."""
 

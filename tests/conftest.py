@@ -37,6 +37,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         'CASEBOOK_DATABASE_URL',
         'CASEBOOK_REDIS_URL',
         'CASEBOOK_STORAGE_SECRET',
+        'CASEBOOK_SECRET_KEY',
         'CASEBOOK_OPEN_REGISTRATION',
         'CASEBOOK_METRICS_TOKEN',
         'CASEBOOK_LOG_FORMAT',

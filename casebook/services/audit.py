@@ -49,6 +49,11 @@ ADMIN_RESET_PASSWORD = 'admin-reset-password'  # noqa: S105 (an action's name)
 ADMIN_CHANGE_ROLE = 'admin-change-role'
 ADMIN_AUDIT_EXPORT = 'admin-audit-export'
 SEARCH = 'search'  # detail: the scope and the number of hits shown, never the words searched
+# Two-step sign-in (casebook.services.two_step); details never hold a secret or a code
+TWO_STEP_ON = 'two-step-on'
+TWO_STEP_OFF = 'two-step-off'  # detail: 'own', or 'reset for USERNAME' when someone else turned it off
+RECOVERY_CODE_USED = 'recovery-code-used'  # detail: how many unused codes are left
+RECOVERY_CODES_NEW = 'recovery-codes-new'  # detail: how many codes the new set has
 ACTIONS = (
     SIGN_IN,
     SIGN_IN_FAILED,
@@ -69,6 +74,10 @@ ACTIONS = (
     ADMIN_CHANGE_ROLE,
     ADMIN_AUDIT_EXPORT,
     SEARCH,
+    TWO_STEP_ON,
+    TWO_STEP_OFF,
+    RECOVERY_CODE_USED,
+    RECOVERY_CODES_NEW,
 )
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode  # built once: hashed per row
 CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash')

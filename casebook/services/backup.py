@@ -15,7 +15,8 @@ made from SQLite restores into PostgreSQL and back. Sessions, NiceGUI storage an
 are not in it.
 
 A file holds the tables its schema revision had: one made before a table was added (ADDED_BY_REVISION, e.g.
-`templates` at 0008) has no section and no count for it, and restores with that table empty. The format stays v1.
+`templates` at 0008, `two_step` and `recovery_codes` at 0009) has no section and no count for it, and restores
+with that table empty. The format stays v1. Two-step sign-in secrets are in it as stored: encrypted.
 
 Backup reads everything in ONE transaction (SQLite: one read transaction in WAL mode, which never takes the
 write lock; PostgreSQL: REPEATABLE READ READ ONLY), so counts, rows and the audit chain's head are those of one
@@ -61,10 +62,12 @@ from casebook.models import (
     EnteredInError,
     Installation,
     Message,
+    RecoveryCode,
     Template,
+    TwoStep,
     UTCDateTime,
 )
-from casebook.services import audit, search
+from casebook.services import audit, search, two_step
 from casebook.services.errors import CasebookError
 
 FORMAT = 'casebook.backup.v1'
@@ -73,11 +76,22 @@ SUFFIX = '.cbk'
 # What a backup holds, in the order it is written and restored (foreign keys point only to tables before).
 TABLES: tuple[Table, ...] = tuple(
     model.__table__  # type: ignore[misc]
-    for model in (Installation, Clinician, Template, Conversation, Message, EnteredInError, AuditEvent, AuditHead)
+    for model in (
+        Installation,
+        Clinician,
+        Template,
+        TwoStep,
+        RecoveryCode,
+        Conversation,
+        Message,
+        EnteredInError,
+        AuditEvent,
+        AuditHead,
+    )
 )
 # Tables made by a later migration than the first backups': a file of an older schema revision has no section
 # for them (and no count in its header), and restores with them empty.
-ADDED_BY_REVISION = {'templates': '0008'}
+ADDED_BY_REVISION = {'templates': '0008', 'two_step': '0009', 'recovery_codes': '0009'}
 # Left out on purpose: sign-ins end with a restore (everyone signs in again), and the chart's hourly counts are
 # derived from the audit trail and rebuilt on first need. A new table must be named in one of the two. The search
 # index (search.TABLE, made by its migration's own SQL, not a model) is rebuilt from the messages by a restore.
@@ -113,6 +127,8 @@ class Summary:
 class Restored:
     summary: Summary
     audit: audit.Verdict  # the chain as verified in the restored database
+    # who must set up two-step sign-in again: their secrets were encrypted under another key than the one given
+    must_set_up_two_step: tuple[str, ...] = ()
 
 
 def default_name(now: datetime | None = None) -> str:
@@ -684,8 +700,14 @@ class _Chain:
 # ------------------------------------------------------------------------------------------------- restore
 
 
-def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restored:
-    """Check the whole file, migrate the (empty) target to head, restore everything in one transaction, verify."""
+def restore(
+    url: str, path: Path, *, progress: Progress | None = None, key: Callable[[], bytes] | None = None
+) -> Restored:
+    """Check the whole file, migrate the (empty) target to head, restore everything in one transaction, verify.
+    With `key` (giving two_step.key_of: the key this Casebook will read with; asked only once the file is known
+    to be good, as it may generate the storage secret in the data dir), the clinicians whose two-step sign-in
+    secrets it cannot decrypt are named in the result; the restore goes on either way (their recovery codes,
+    being hashes, still work)."""
     summary = check(path, progress=progress, chain=False)  # the database's chain is verified after inserting
     parsed = make_url(url)
     if parsed.get_backend_name() == 'sqlite' and parsed.database:  # only now that the file is known to be good
@@ -702,11 +724,17 @@ def restore(url: str, path: Path, *, progress: Progress | None = None) -> Restor
                 _insert_all(connection, path, progress)
                 verdict = _verify(connection, summary, path)
                 search.rebuild(connection, bulk=True)  # derived from the messages: every restored one is findable
+                unreadable = _undecryptable(connection, key()) if key is not None else ()
         finally:
             engine.dispose()
     except (SQLAlchemyError, OSError) as error:  # OSError: the async driver's refused connection, when migrating
         raise BackupError(f'{_database_error(error)}; nothing was restored') from error
-    return Restored(summary, verdict)
+    return Restored(summary, verdict, unreadable)
+
+
+def _undecryptable(connection: Connection, key: bytes) -> tuple[str, ...]:
+    with Session(bind=connection) as session:
+        return tuple(two_step.undecryptable(session, key))
 
 
 def _refuse_a_used_database(url: str) -> None:
@@ -822,8 +850,8 @@ def _set_head(connection: Connection, rows: list[list[Any]]) -> None:
 def _set_sequences(connection: Connection) -> None:
     """New rows get ids after the restored ones (COPY gives explicit ids, so the sequences did not move)."""
     for table in TABLES:
-        if table.name in ('audit_events', 'audit_head'):
-            continue  # seq is given by the chain, not a sequence; the head has one row
+        if table.name in ('audit_events', 'audit_head') or 'id' not in table.c:
+            continue  # seq is given by the chain, not a sequence; the head has one row; two_step is keyed by clinician
         connection.exec_driver_sql(
             f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), max(id)) FROM {table.name} "  # noqa: S608 (ours)
             'HAVING max(id) IS NOT NULL'

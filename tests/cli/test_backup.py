@@ -18,8 +18,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyotp
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, select, text
@@ -28,7 +30,7 @@ from sqlalchemy.engine import make_url
 from casebook import cli
 from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
-from casebook.services import accounts, backup, conversations, templates
+from casebook.services import accounts, backup, conversations, templates, two_step
 from tests.browser_support import CASEBOOK, casebook_env
 from tests.conftest import PASSWORD, add_clinician
 
@@ -268,7 +270,8 @@ def test_check_shows_what_a_file_holds_and_writes_nothing(fresh, casebook, tmp_p
     code, out, err = casebook(target, 'restore', '--check', str(file))
     assert (code, err) == (0, '')
     held = (
-        'installation 1, clinicians 2, templates 4, conversations 3, messages 14, entered in error 1, audit events 15'
+        'installation 1, clinicians 2, templates 4, two step 0, recovery codes 0, conversations 3, messages 14, '
+        'entered in error 1, audit events 15'
     )
     assert out.startswith(f'{file} is whole: {held}')
     assert 'audit trail intact: 15 rows' in out
@@ -635,22 +638,27 @@ def test_times_stored_in_another_spelling_are_written_canonical(fresh, casebook,
     assert (code, err) == (0, '')
 
 
-def as_made_before_templates(path: Path) -> None:
-    """The file as a Casebook at schema revision 0007 wrote it: no templates section, no templates count."""
+def as_made_at(path: Path, revision: str) -> None:
+    """The file as a Casebook at an older schema revision wrote it: no section and no count for a table added
+    after that revision (backup.ADDED_BY_REVISION)."""
     lines = lines_of(path)
     header, trailer = json.loads(lines[0]), json.loads(lines[-1])
-    assert header['schema_revision'] == '0008'  # this test is about the revision that added templates
-    header['schema_revision'] = '0007'
-    del header['rows']['templates'], trailer['end']['rows']['templates']
-    start = lines.index(next(line for line in lines if line.startswith(b'{"table":"templates"')))
-    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(b'['))
-    lines = [
-        (json.dumps(header) + '\n').encode(),
-        *lines[1:start],
-        *lines[end:-1],
-        (json.dumps(trailer) + '\n').encode(),
-    ]
+    assert header['schema_revision'] == '0009'  # the newest: written by this Casebook
+    header['schema_revision'] = revision
+    for name, added in backup.ADDED_BY_REVISION.items():
+        if added <= revision:
+            continue
+        del header['rows'][name], trailer['end']['rows'][name]
+        start = lines.index(next(line for line in lines if line.startswith(f'{{"table":"{name}"'.encode())))
+        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(b'['))
+        lines = [*lines[:start], *lines[end:]]
+    lines = [(json.dumps(header) + '\n').encode(), *lines[1:-1], (json.dumps(trailer) + '\n').encode()]
     rewritten(path, lines)
+
+
+def as_made_before_templates(path: Path) -> None:
+    """The file as a Casebook at schema revision 0007 wrote it: no templates (nor two-step) section or count."""
+    as_made_at(path, '0007')
 
 
 def test_a_file_made_before_templates_restores_without_them(database, casebook, good_backup, tmp_path):
@@ -659,11 +667,11 @@ def test_a_file_made_before_templates_restores_without_them(database, casebook, 
     as_made_before_templates(file)
     assert b'"templates"' not in gzip.decompress(file.read_bytes())
     code, out, err = casebook(database.url, 'restore', '--check', str(file))
-    assert (code, err) == (0, '') and 'clinicians 2, templates 0, conversations 3' in out
+    assert (code, err) == (0, '') and 'clinicians 2, templates 0, two step 0, recovery codes 0, conversations 3' in out
     code, out, err = casebook(database.url, 'restore', str(file))
     assert (code, err) == (0, ''), err
     assert 'the counts match' in out
-    assert counts(database.url) == counts_in(good_backup) | {'templates': 0}
+    assert counts(database.url) == counts_in(good_backup) | {'templates': 0, 'two_step': 0, 'recovery_codes': 0}
     assert templates_of(database.url) == {'ada': [], 'bob': []}
 
 
@@ -691,9 +699,93 @@ def test_the_templates_section_is_expected_by_revision(
     lines = lines_of(file)
     header = json.loads(lines[0])
     header['schema_revision'] = revision
-    header['rows'].pop('templates', None)
+    for name in ('templates', 'two_step', 'recovery_codes'):
+        header['rows'].pop(name, None)
     if templates_count is not None:
         header['rows']['templates'] = templates_count
     rewritten(file, [(json.dumps(header) + '\n').encode(), *lines[1:]])
     with pytest.raises(backup.BackupError, match=message):
         backup.check(file)
+
+
+# ----- two-step sign-in ------------------------------------------------------------------------------------------
+
+
+def with_two_step(url: str) -> tuple[str, list[str]]:
+    """Two clinicians, ada with two-step sign-in on under this installation's key: (her secret, recovery codes)."""
+    from casebook.config import Settings
+
+    key = two_step.key_of(Settings())
+
+    async def work() -> tuple[str, list[str]]:
+        db = Database(url)
+        try:
+            await db.migrate()
+            ada = await add_clinician(db, 'ada')
+            await add_clinician(db, 'bob')
+            setup = await db.run(lambda s: two_step.begin_setup(s, ada.id, key=key))
+            current = pyotp.TOTP(setup.secret).now()
+            return setup.secret, await db.run(lambda s: two_step.confirm_setup(s, ada.id, current, key=key))
+        finally:
+            await db.dispose()
+
+    return run_on_own_loop(work)
+
+
+def second_step(url: str, typed: str, *, later: int = 1) -> two_step.Verification:
+    """`typed` as ada's second step, `later` time steps from now, under this installation's key."""
+    from casebook.config import Settings
+
+    key = two_step.key_of(Settings())
+    at = datetime.now(UTC) + timedelta(seconds=later * two_step.STEP_SECONDS)
+
+    async def work() -> two_step.Verification:
+        db = Database(url)
+        try:
+            ada = await db.run(lambda s: s.scalar(select(Clinician.id).where(Clinician.username == 'ada')))
+            return await db.run(lambda s: two_step.verify(s, ada, typed, key=key, at=at))
+        finally:
+            await db.dispose()
+
+    return run_on_own_loop(work)
+
+
+@pytest.mark.parametrize('target_engine', ['sqlite', 'postgresql'])
+def test_two_step_sign_in_survives_a_restore_under_the_same_key_only(
+    fresh, casebook, tmp_path, monkeypatch, target_engine
+):
+    source = fresh('sqlite', 'source')
+    secret, codes = with_two_step(source)
+    file = tmp_path / 'clinic.cbk'
+    backup_to(casebook, source, file)
+    text_of_file = gzip.decompress(file.read_bytes()).decode()
+    assert secret not in text_of_file and not any(c.replace('-', '') in text_of_file for c in codes)
+    assert '"two_step":1' in text_of_file and '"recovery_codes":10' in text_of_file
+
+    same = fresh(target_engine, 'same')
+    code, out, err = casebook(same, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert 'two-step sign-in must be set up again' not in out
+    in_a_minute = pyotp.TOTP(secret).at(int(time.time()) + two_step.STEP_SECONDS)
+    assert second_step(same, in_a_minute).kind == 'code'
+
+    monkeypatch.setenv('CASEBOOK_SECRET_KEY', 'the key of another installation')
+    other = fresh(target_engine, 'other')
+    code, out, err = casebook(other, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert (
+        'two-step sign-in must be set up again by 1 clinician(s), whose secrets were encrypted under another key: ada'
+        in out
+    )
+    assert not second_step(other, in_a_minute).accepted
+    assert second_step(other, codes[0]).kind == 'recovery-code'  # hashes need no key: she can still sign in
+
+
+def test_a_file_made_before_two_step_restores_without_it(database, casebook, good_backup, tmp_path):
+    file = tmp_path / 'older.cbk'
+    file.write_bytes(good_backup.read_bytes())
+    as_made_at(file, '0008')
+    assert b'"two_step"' not in gzip.decompress(file.read_bytes())
+    code, _out, err = casebook(database.url, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert counts(database.url) == counts_in(good_backup)
