@@ -22,6 +22,19 @@ PASSWORD = 'a long enough passphrase'
 BACKENDS = ('sqlite', 'postgresql')
 
 
+BROWSER_DIRS = ('browser', 'cluster')  # every test under these drives a real Chromium
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests by directory, so `make test-fast` (`-m 'not browser'`) starts no browser whatever a module
+    remembers to declare."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        if parts and parts[0] in BROWSER_DIRS:
+            item.add_marker(pytest.mark.browser)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if postgres.opted_out():
         return f'casebook: the PostgreSQL variants are SKIPPED ({postgres.OPT_OUT}=0)'
