@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import io
 import os
 import sys
@@ -26,6 +25,7 @@ if __package__ in (None, ''):
 
 from bench.common import DISPLAY_NAME, PASSWORD, USERNAME, write_result
 from bench.seed import patient_id, write_conversation
+from bench.trace_server import around
 from casebook import cli
 from casebook.services import exchange, search
 
@@ -33,27 +33,12 @@ TOTALS: collections.Counter[str] = collections.Counter()
 
 
 def _timed(name: str, function):
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            TOTALS[name] += time.perf_counter() - started
+    """`function` (or coroutine function) adding the time of each call to TOTALS[name]."""
 
-    return wrapper
+    def add(started: float) -> None:
+        TOTALS[name] += time.perf_counter() - started
 
-
-def _timed_async(name: str, function):
-    @functools.wraps(function)
-    async def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return await function(*args, **kwargs)
-        finally:
-            TOTALS[name] += time.perf_counter() - started
-
-    return wrapper
+    return around(function, add)
 
 
 def _instrument() -> None:
@@ -71,7 +56,7 @@ def _instrument() -> None:
             yield batch
 
     exchange._batches = timed_batches
-    exchange._Batches._insert = _timed_async('storing (messages and index)', exchange._Batches._insert)
+    exchange._Batches._insert = _timed('storing (messages and index)', exchange._Batches._insert)
     search.index_rows = _timed('  of which the index', search.index_rows)
     search._sqlite_terms = _timed('    of which cutting words', search._sqlite_terms)
     search.prepare_bulk = _timed('index levels (prepare_bulk)', search.prepare_bulk)

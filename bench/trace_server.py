@@ -59,6 +59,12 @@ def _timed(original, label: str, output):
     def record(started: float) -> None:
         output.write(json.dumps({'step': label, 'ms': (time.perf_counter() - started) * 1000, 'at': started}) + '\n')
 
+    return around(original, record)
+
+
+def around(original, done):
+    """`original` (a function or a coroutine function) calling `done(started)` after each call, however it ended;
+    `started` is time.perf_counter() when the call began. Also bench/import_steps.py's timers."""
     if inspect.iscoroutinefunction(original):
 
         @functools.wraps(original)
@@ -67,7 +73,7 @@ def _timed(original, label: str, output):
             try:
                 return await original(*args, **kwargs)
             finally:
-                record(started)
+                done(started)
 
         return timed_async
 
@@ -77,7 +83,7 @@ def _timed(original, label: str, output):
         try:
             return original(*args, **kwargs)
         finally:
-            record(started)
+            done(started)
 
     return timed
 

@@ -71,7 +71,9 @@ def normalize_patient_id(raw: str) -> str:
     return patient_id
 
 
-_SURROGATE = re.compile(r'[\ud800-\udfff]')  # a pattern, not a loop over characters: an import checks millions
+# an unpaired surrogate (no character; PostgreSQL and UTF-8 refuse it): a pattern, not a loop over characters,
+# as an import checks millions; also exchange's and templates' check
+SURROGATE = re.compile(r'[\ud800-\udfff]')
 
 
 def normalize_message(raw: str) -> str:
@@ -83,7 +85,7 @@ def normalize_message(raw: str) -> str:
         raise InvalidInput(
             f'The message has {len(text):,} characters; the limit is {MESSAGE_MAX:,}. Your text is still in the box.'
         )
-    if _SURROGATE.search(text):
+    if SURROGATE.search(text):
         raise InvalidInput(
             'The message contains a broken character (an unpaired surrogate). Your text is still in the box.'
         )

@@ -59,7 +59,7 @@ from sqlalchemy.orm import aliased
 from casebook.models import Clinician, Conversation, EnteredInError, Message, utcnow
 from casebook.services import search
 from casebook.services.accounts import ClinicianInfo
-from casebook.services.conversations import MESSAGE_MAX, normalize_message, normalize_patient_id
+from casebook.services.conversations import MESSAGE_MAX, SURROGATE, normalize_message, normalize_patient_id
 from casebook.services.errors import InvalidInput, NotFound
 
 FORMAT = 'casebook.conversation.v1'
@@ -86,7 +86,6 @@ _REQUIRED_FIELDS = ('sender', 'text', 'sent_at')
 _TOP_FIELDS = ('format', 'patient_id', 'messages')
 _WHITESPACE = re.compile(r'[ \t\n\r]*')
 _CANONICAL_UUID = re.compile(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}')
-_SURROGATE = re.compile(r'[\ud800-\udfff]')
 _DECODER = json.JSONDecoder()
 _json_string = json.encoder.encode_basestring  # C-accelerated; keeps non-ASCII characters as they are
 
@@ -525,7 +524,7 @@ def _text(value: Any) -> str:
         raise ValueError(f'text has {len(text):,} characters; the limit is {MESSAGE_MAX:,}')
     if '\x00' in text:
         raise ValueError('text contains a NUL character')
-    if _SURROGATE.search(text):
+    if SURROGATE.search(text):
         raise ValueError('text contains an unpaired surrogate (\\ud800–\\udfff), which is not a character')
     return normalize_message(text)  # the web's own rules have the last word
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from casebook.models import Clinician, Template, utcnow
-from casebook.services.conversations import _SURROGATE, MESSAGE_MAX
+from casebook.services.conversations import MESSAGE_MAX, SURROGATE
 from casebook.services.errors import InvalidInput, NotFound
 
 NAME_MAX = 80  # characters in a template's name
@@ -41,7 +41,7 @@ def normalize_name(raw: str) -> str:
         raise InvalidInput('Template name: please enter one.')
     if len(name) > NAME_MAX:
         raise InvalidInput(f'Template name: at most {NAME_MAX} characters (this one has {len(name)}).')
-    if _SURROGATE.search(name):
+    if SURROGATE.search(name):
         raise InvalidInput('Template name: it contains a broken character (an unpaired surrogate).')
     if any(unicodedata.category(ch) in {'Cc', 'Zl', 'Zp'} for ch in name):
         raise InvalidInput('Template name: line breaks, tabs and other control characters are not allowed.')
@@ -74,7 +74,7 @@ def normalize_text(raw: str) -> str:
     text = text[first : last if last != -1 else len(text)]
     if len(text) > TEXT_MAX:
         raise InvalidInput(f"The template's text has {len(text):,} characters; the limit is {TEXT_MAX:,}.")
-    if _SURROGATE.search(text):
+    if SURROGATE.search(text):
         raise InvalidInput("The template's text contains a broken character (an unpaired surrogate).")
     if '\x00' in text:
         raise InvalidInput("The template's text contains a NUL character, which cannot be stored.")
