@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument('--role', choices=['doctor', 'nurse', 'admin'], default='doctor')
     add.add_argument('--password-stdin', action='store_true', help='read the password from the first line of stdin')
     add.set_defaults(handler=_user_add)
+    reset = user.add_parser(
+        'reset-two-step', help="remove a clinician's authenticator app, recovery codes and passkeys; end their sessions"
+    )
+    reset.add_argument('username')
+    reset.set_defaults(handler=_user_reset_two_step)
 
     load = commands.add_parser('import', help='import a conversation from a native JSON file')
     load.add_argument('file', type=Path)
@@ -302,6 +308,46 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     clinician = _run_with_db(settings, add)
     print(f'added {clinician.role} {clinician.username} ({clinician.display_name})')
     return 0
+
+
+def _user_reset_two_step(settings: Settings, args: argparse.Namespace) -> int:
+    from casebook.services import two_step
+
+    async def reset(session):
+        clinician = await _clinician(session, args.username)
+        return await session.run_sync(lambda s: two_step.reset(s, clinician.id, by=(None, CLI_ACTOR)))
+
+    done = _run_with_db(settings, reset)
+    print(f'two-step sign-in of {done.username} reset: {done.summary()}')
+    if done.ended:
+        _tell_open_tabs(settings, done.clinician_id)
+    return 0
+
+
+def _tell_open_tabs(settings: Settings, clinician_id: int) -> None:
+    """With Redis, the running instances hear at once that the clinician's sessions ended (their tabs go to the
+    login page); without it, each open tab finds out at its next action or idle check."""
+    if settings.redis_url is None:
+        print('their open tabs go to the login page at their next action')
+        return
+    from casebook.live import SessionsEnded, encode
+
+    async def publish() -> None:
+        import redis.asyncio as redis
+
+        client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            event = SessionsEnded(clinician_id, None, 'two-step-reset')
+            channel = f'{settings.redis_key_prefix}live:{event.topic}'
+            await client.publish(channel, encode(event, CLI_ACTOR, time.time()))
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(publish())
+        print('their open tabs were told to go to the login page')
+    except Exception as error:  # the sessions have ended all the same
+        print(f'their open tabs go to the login page at their next action (Redis: {type(error).__name__})')
 
 
 async def _clinician(session, username: str):

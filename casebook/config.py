@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None, description='Encrypts two-step sign-in secrets (through HKDF); unset: derived from the storage secret.'
     )
+    require_two_step: bool = Field(
+        False, description='Every clinician signing in with a password must have a second step (set up at sign-in).'
+    )
     idle_timeout_minutes: float = Field(15, gt=0, le=24 * 60, description='Automatic logoff after inactivity.')
     session_max_hours: int = Field(12, ge=1, le=24 * 30, description='Re-login required after this long.')
     open_registration: bool = Field(False, description='Let anyone create an account after the first one.')

@@ -33,7 +33,7 @@ GENESIS = '0' * 64
 SIGN_IN = 'sign-in'
 SIGN_IN_FAILED = 'sign-in-failed'
 SIGN_IN_THROTTLED = 'sign-in-throttled'
-LOGOFF = 'logoff'  # detail: manual, idle, expired, ended-elsewhere, password-changed, disabled
+LOGOFF = 'logoff'  # detail: manual, idle, expired, ended-elsewhere, password-changed, disabled, two-step-reset
 PASSWORD_CHANGED = 'password-changed'  # noqa: S105 (an action's name)
 ACCOUNT_CREATED = 'account-created'
 PATIENT_OPENED = 'patient-opened'
@@ -54,6 +54,8 @@ TWO_STEP_ON = 'two-step-on'
 TWO_STEP_OFF = 'two-step-off'  # detail: 'own', or 'reset for USERNAME' when someone else turned it off
 RECOVERY_CODE_USED = 'recovery-code-used'  # detail: how many unused codes are left
 RECOVERY_CODES_NEW = 'recovery-codes-new'  # detail: how many codes the new set has
+CODE_REFUSED = 'code-refused'  # a wrong code outside sign-in (turning two-step off); detail: for what
+RESET_TWO_STEP = 'reset-two-step'  # by an admin or the command line; detail: whose, what was removed, sessions ended
 ACTIONS = (
     SIGN_IN,
     SIGN_IN_FAILED,
@@ -78,6 +80,8 @@ ACTIONS = (
     TWO_STEP_OFF,
     RECOVERY_CODE_USED,
     RECOVERY_CODES_NEW,
+    CODE_REFUSED,
+    RESET_TWO_STEP,
 )
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode  # built once: hashed per row
 CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash')

@@ -65,8 +65,10 @@ def start_sync(
     address: str = '',
     username: str = '',
     rehash: tuple[str, str] | None = None,
+    method: str = 'password',
 ) -> str:
-    """One unit of work: a new session for a clinician who has just proven who they are, its audit row, and (when
+    """One unit of work: a new session for a clinician who has just proven who they are, its audit row (its detail
+    says how: `password`, `password+code`, `password+recovery-code`, `passkey`), and (when
     sign-in rehashed the password with today's parameters: `rehash` = (the hash verified, the new one)) the new
     hash, unless the password changed meanwhile; returns the browser's token."""
     token = secrets.token_urlsafe(32)
@@ -79,7 +81,7 @@ def start_sync(
             .where(Clinician.id == clinician_id, Clinician.password_hash == verified)
             .values(password_hash=new)
         )
-    audit.record_sync(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address))
+    audit.record_sync(session, audit.Entry(audit.SIGN_IN, clinician_id, username, None, address, method))
     session.commit()
     return token
 

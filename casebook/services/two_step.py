@@ -71,6 +71,10 @@ class Setup:
         """The provisioning URI as an SVG QR code, for the Profile page."""
         return segno.make(self.uri, error='m').svg_inline(scale=4, border=2)
 
+    def qr_data_uri(self) -> str:
+        """The same QR code as a data: URI, for an <img> (markup the page never has to trust)."""
+        return segno.make(self.uri, error='m').svg_data_uri(scale=5, border=2, dark='#000', light='#fff')
+
 
 @dataclass(frozen=True)
 class Verification:
@@ -191,6 +195,27 @@ def _replace_recovery_codes(session: Session, clinician_id: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------- set-up
 
 
+@dataclass(frozen=True)
+class Factors:
+    """The second steps a clinician has: the authenticator app, and how many passkeys."""
+
+    app: bool
+    passkeys: int
+
+    @property
+    def any(self) -> bool:
+        return self.app or self.passkeys > 0
+
+
+def factors(session: Session, clinician_id: int) -> Factors:
+    """What a password sign-in of the clinician must be followed by; reads only."""
+    return Factors(is_on(session, clinician_id), _count_passkeys(session, clinician_id))
+
+
+def _count_passkeys(session: Session, clinician_id: int) -> int:
+    return 0
+
+
 def is_on(session: Session, clinician_id: int) -> bool:
     """Whether the clinician signs in with a second step; reads only."""
     return session.scalar(select(TwoStep.enabled_at).where(TwoStep.clinician_id == clinician_id)) is not None
@@ -252,15 +277,10 @@ def turn_off(
     session: Session, clinician_id: int, *, address: str = '', by: tuple[int | None, str] | None = None
 ) -> bool:
     """Turn two-step sign-in off: the secret (pending too) and every recovery code are deleted; commits, with an
-    audit row when it was on. `by` (id, name) is someone else doing it (an admin's `Reset two-step sign-in`, the
-    command line); None, the clinician themselves. Checking the password and a current code first is the
-    caller's part. Returns whether it was on."""
+    audit row when it was on. `by` (id, name) is someone else doing it; None, the clinician themselves. Checking the
+    password and a current code first is the caller's part. Returns whether it was on."""
     username = _username(session, clinician_id)
-    row = _row(session, clinician_id, lock=True)
-    was_on = row is not None and row.enabled_at is not None
-    session.execute(delete(RecoveryCode).where(RecoveryCode.clinician_id == clinician_id))
-    if row is not None:
-        session.delete(row)
+    was_on = _switch_off(session, clinician_id)
     if was_on:
         if by is None:
             _record(session, audit.TWO_STEP_OFF, clinician_id, username, address, 'own')
@@ -268,6 +288,55 @@ def turn_off(
             _record(session, audit.TWO_STEP_OFF, by[0], by[1], address, f'reset for {username}')
     session.commit()
     return was_on
+
+
+def _switch_off(session: Session, clinician_id: int) -> bool:
+    """Delete the clinician's secret and recovery codes (no commit); whether it was on."""
+    row = _row(session, clinician_id, lock=True)
+    was_on = row is not None and row.enabled_at is not None
+    session.execute(delete(RecoveryCode).where(RecoveryCode.clinician_id == clinician_id))
+    if row is not None:
+        session.delete(row)
+    return was_on
+
+
+@dataclass(frozen=True)
+class Reset:
+    """What `reset` took away: the app (it was on), how many passkeys, and which sessions ended."""
+
+    clinician_id: int
+    username: str
+    app: bool
+    passkeys: int
+    ended: frozenset[str]
+
+    def summary(self) -> str:
+        parts = ['authenticator app off' if self.app else 'no authenticator app']
+        parts.append(f'{self.passkeys} passkey{"s" if self.passkeys != 1 else ""} removed')
+        parts.append(f'{len(self.ended)} session{"s" if len(self.ended) != 1 else ""} ended')
+        return ', '.join(parts)
+
+
+def reset(session: Session, clinician_id: int, *, by: tuple[int | None, str], address: str = '') -> Reset:
+    """An administrator's (or the command line's) `Reset two-step sign-in`: the clinician's app, recovery codes
+    and passkeys are removed and every session of theirs ends, in one unit of work with one audit row by `by`;
+    commits. They sign in with their password next time (and, when two-step sign-in is required, set it up
+    again before anything else). Announcing the ended sessions to open tabs is the caller's part."""
+    from casebook.services import sessions
+
+    username = _username(session, clinician_id)
+    app = _switch_off(session, clinician_id)
+    removed = _remove_passkeys(session, clinician_id)
+    audit_entry = audit.Entry(audit.RESET_TWO_STEP, by[0], by[1], None, address, username)
+    audit.record_sync(session, audit_entry)  # before the logoffs it causes: the trail reads in order
+    ended = sessions.end_all_sync(session, clinician_id=clinician_id, reason='two-step-reset', address=address)
+    session.commit()
+    return Reset(clinician_id, username, app, removed, ended)
+
+
+def _remove_passkeys(session: Session, clinician_id: int) -> int:
+    """The clinician's passkeys removed (no commit); how many. (Passkeys arrive with casebook.services.passkeys.)"""
+    return 0
 
 
 def new_recovery_codes(session: Session, clinician_id: int, *, address: str = '') -> list[str]:

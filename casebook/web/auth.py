@@ -130,7 +130,11 @@ async def needs_first_account() -> bool:
 
 
 async def sign_in(
-    clinician: accounts.ClinicianInfo, tell: Callable[[str], object], rehash: tuple[str, str] | None = None
+    clinician: accounts.ClinicianInfo,
+    tell: Callable[[str], object],
+    rehash: tuple[str, str] | None = None,
+    *,
+    method: str = 'password',
 ) -> bool:
     """Start a fresh server-side session (one unit of work) and send the browser to pick it up under a new storage
     identifier; False (and the clinician told, `tell`) when the database could not take it."""
@@ -146,6 +150,7 @@ async def sign_in(
                 user_agent=agent,
                 username=clinician.username,
                 rehash=rehash,
+                method=method,
             )
         ),
         tell,

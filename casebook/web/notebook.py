@@ -24,7 +24,7 @@ ENDED = 'ended'
 THEME = 'theme'
 KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE, ENDED, THEME}
 THEMES = ('auto', 'dark', 'light')  # auto: as the device is set
-ENDED_REASONS = ('idle', 'expired', 'ended-elsewhere', 'password-changed', 'disabled')
+ENDED_REASONS = ('idle', 'expired', 'ended-elsewhere', 'password-changed', 'disabled', 'two-step-reset')
 MAX_DRAFTS = 20  # drafts of this many patients at most; the oldest are dropped first
 TIMEZONE_PATTERN = re.compile(r'[A-Za-z0-9_+\-/]{1,64}')
 

@@ -9,11 +9,12 @@ from fastapi.responses import RedirectResponse
 from nicegui import ui
 
 from casebook import metrics
-from casebook.services import accounts, audit
+from casebook.services import accounts, audit, two_step
 from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
 from casebook.web.attempt import NotDone, attempt, database_page, record
 from casebook.web.components import duration, form_card, show_error
+from casebook.web.two_step_ui import Pending, finish, required_setup, second_step
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,27 @@ async def login_page() -> RedirectResponse | None:
             ui.label(_ended_message(ended)).props('role=status').classes(
                 'w-full rounded bg-amber-50 text-amber-900 border border-amber-300 px-3 py-2 text-sm'
             )
-        username = ui.input('Username').props('autocomplete=username autofocus').classes('w-full')
-        password = (
-            ui.input('Password', password=True, password_toggle_button=True)
-            .props('autocomplete=current-password')
-            .classes('w-full')
-        )
+        first = ui.column().classes('w-full gap-3')
+        second = ui.column().classes('w-full gap-3')  # the second step, or the set-up required first
+        second.set_visibility(False)
+        with first:
+            username = ui.input('Username').props('autocomplete=username autofocus').classes('w-full')
+            password = (
+                ui.input('Password', password=True, password_toggle_button=True)
+                .props('autocomplete=current-password')
+                .classes('w-full')
+            )
 
         def tell(message: str) -> None:
             show_error(error, message)
+
+        def restart(message: str) -> None:
+            """Back to the password: the pending sign-in is forgotten."""
+            second.clear()
+            second.set_visibility(False)
+            first.set_visibility(True)
+            password.value = ''
+            tell(message)
 
         async def submit() -> None:
             rt = runtime.current()
@@ -135,15 +148,34 @@ async def login_page() -> RedirectResponse | None:
                 password.value = ''
                 tell('Username or password is incorrect.')
                 return
-            await rt.throttle.succeeded(attempted)
-            if await auth.sign_in(verified.clinician, tell, verified.rehash):
-                metrics.sign_in('ok')
+            clinician_id = verified.clinician.id
+            factors = await attempt(
+                lambda: rt.database.run(lambda s: two_step.factors(s, clinician_id)),
+                tell,
+                what='sign-in',
+                unreachable=auth.SIGN_IN_NOT_SAVED,
+            )
+            if isinstance(factors, NotDone):
+                return
+            pending = Pending(verified.clinician, verified.rehash, attempted, address)
+            if factors.any or rt.settings.require_two_step:
+                tell('')
+                first.set_visibility(False)
+                second.set_visibility(True)
+                with second:
+                    if factors.any:
+                        second_step(pending, factors, tell=tell, restart=restart)
+                    else:
+                        required_setup(pending, tell=tell, restart=restart)
+                return
+            await finish(pending, tell, 'password')
 
         username.on('keydown.enter', lambda: password.run_method('focus'))
         password.on('keydown.enter', submit)
-        ui.button('Log in', on_click=submit).classes('w-full')
-        if runtime.current().settings.open_registration:
-            ui.link('Create an account', '/register').classes('text-sm')
+        with first:
+            ui.button('Log in', on_click=submit).classes('w-full')
+            if runtime.current().settings.open_registration:
+                ui.link('Create an account', '/register').classes('text-sm')
     return None
 
 
@@ -165,4 +197,5 @@ def _ended_message(reason: str) -> str:
         'ended-elsewhere': 'Your session was ended from another of your sessions. Please log in again.',
         'password-changed': 'Your password was changed in another session. Please log in with the new one.',
         'disabled': 'Your account was disabled by an administrator.',
+        'two-step-reset': 'An administrator reset your two-step sign-in. Please log in again.',
     }.get(reason, 'Please log in again.')

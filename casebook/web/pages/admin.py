@@ -19,7 +19,7 @@ from nicegui import app, ui
 from sqlalchemy.orm import Session
 
 from casebook.db import DATABASE_ERRORS
-from casebook.services import accounts, audit, sessions
+from casebook.services import accounts, audit, sessions, two_step
 from casebook.services.errors import CasebookError
 from casebook.services.sessions import SignedIn
 from casebook.web import auth, downloads, runtime
@@ -207,6 +207,9 @@ class AdminPage:
                             'outline dense' + ('' if row.disabled else ' color=negative')
                         )
                     ui.button('Reset password', on_click=lambda r=row: self._reset_password(r)).props('flat dense')
+                    ui.button('Reset two-step sign-in', on_click=lambda r=row: self._reset_two_step(r)).props(
+                        f'flat dense no-caps aria-label="Reset two-step sign-in of {row.username}"'
+                    )
 
     def _add_form(self) -> None:
         with ui.card().classes('w-full max-w-2xl'):
@@ -339,6 +342,43 @@ class AdminPage:
             with ui.row().classes('w-full justify-end'):
                 ui.button('Cancel', on_click=dialog.close).props('flat')
                 ui.button('Reset password', on_click=save)
+        dialog.on('hide', dialog.delete)
+        dialog.open()
+
+    async def _reset_two_step(self, row: accounts.ClinicianRow) -> None:
+        """Take away a clinician's authenticator app, recovery codes and passkeys (a lost phone), confirmed first;
+        every session of theirs ends at once."""
+        if not await self._still_admin():
+            return
+        with ui.dialog() as dialog, ui.card().classes('w-full max-w-md'):
+            dialog.props['aria-label'] = f'Reset two-step sign-in of {row.username}'
+            heading(f'Reset two-step sign-in of {row.username}?', level=2, classes='text-lg font-semibold')
+            ui.label(
+                'Their authenticator app, recovery codes and passkeys stop working and their sessions end. They '
+                'sign in with their password next, and set up two-step sign-in again (at once when it is required).'
+            ).classes('text-sm text-gray-700')
+            error = ui.label().props('role=alert').classes('text-sm text-red-800')
+
+            async def reset() -> None:
+                if not await self._still_admin():
+                    return
+                admin, address = self.signed.clinician, self.address
+                done = await attempt(
+                    lambda: runtime.current().database.run(
+                        lambda s: two_step.reset(s, row.id, by=(admin.id, admin.username), address=address)
+                    ),
+                    error.set_text,
+                    what='two-step reset',
+                )
+                if isinstance(done, NotDone):
+                    return
+                await auth.announce_ended(row.id, None, 'two-step-reset')  # every open tab of theirs leaves at once
+                self.notice.set_text(f'Two-step sign-in of {row.username} reset: {done.summary()}.')
+                dialog.close()
+
+            with ui.row().classes('w-full justify-end'):
+                ui.button('Cancel', on_click=dialog.close).props('flat')
+                ui.button('Reset', on_click=reset).props('color=negative')
         dialog.on('hide', dialog.delete)
         dialog.open()
 

@@ -35,6 +35,7 @@ from casebook.web.pages.conversation_view import ConversationView
 from casebook.web.pages.search_panel import SearchPanel
 from casebook.web.pages.templates_ui import TemplatePicker
 from casebook.web.safeguards import IdleWatch, password_form, show_sessions
+from casebook.web.two_step_ui import two_step_section
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -240,9 +241,14 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
             self._build_templates_section()
             ui.separator()
             password_form(lambda: self.signed, address=self.address, still_signed_in=self._still_signed_in)
+            ui.separator()
+            show_two_step = two_step_section(
+                lambda: self.signed, address=self.address, still_signed_in=self._still_signed_in
+            )
         dialog.on('hide', dialog.delete)
         dialog.open()
         await self._show_templates()
+        await show_two_step()
 
     # ----- reading ------------------------------------------------------------------------------------
 
