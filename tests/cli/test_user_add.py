@@ -8,14 +8,18 @@ import io
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from casebook import cli
 from casebook.db import Database
 from casebook.services import accounts
 from tests.conftest import PASSWORD
+
+HOUR = timedelta(hours=1)
 
 CASEBOOK = Path(sys.executable).parent / 'casebook'
 
@@ -111,3 +115,46 @@ def test_the_installed_command(data_dir):
         check=False,
     )
     assert bad.returncode != 0 and 'invalid choice' in bad.stderr
+
+
+def test_reset_two_step_ends_the_clinicians_sessions(monkeypatch, database, capsys):
+    from casebook.services import sessions, two_step
+
+    key = two_step.derive_key('cli test key')
+
+    async def prepare() -> str:
+        db = Database(database.url)
+        try:
+            async with db.session() as session:
+                bob = await accounts.add_clinician(
+                    session, username='bob', display_name='Dr. Bob', password=PASSWORD, role='doctor'
+                )
+            setup = await db.run(lambda s: two_step.begin_setup(s, bob.id, key=key))
+            totp = pyotp.TOTP(setup.secret)
+            await db.run(lambda s: two_step.confirm_setup(s, bob.id, totp.now(), key=key))
+            return await db.run(lambda s: sessions.start_sync(s, clinician_id=bob.id, username='bob'))
+        finally:
+            await db.dispose()
+
+    token = asyncio.run(prepare())
+    monkeypatch.delenv('CASEBOOK_REDIS_URL', raising=False)
+    assert run(monkeypatch, 'user', 'reset-two-step', 'BOB') == 0
+    out = capsys.readouterr().out
+    assert 'two-step sign-in of bob reset: authenticator app off, 0 passkeys removed, 1 session ended' in out
+    assert 'their open tabs go to the login page at their next action' in out
+
+    async def after() -> tuple[bool, object]:
+        db = Database(database.url)
+        try:
+            async with db.session() as session:
+                bob = await accounts.find_by_username(session, 'bob')
+            on = await db.run(lambda s: two_step.is_on(s, bob.id))
+            alive = await db.run(lambda s: sessions.resolve_sync(s, token, max_age=HOUR, idle=HOUR))
+            return on, alive
+        finally:
+            await db.dispose()
+
+    on, alive = asyncio.run(after())
+    assert not on and alive is None
+    assert run(monkeypatch, 'user', 'reset-two-step', 'nobody') != 0
+    assert 'no such user: nobody' in capsys.readouterr().err

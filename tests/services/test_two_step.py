@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, text
 
 from casebook.models import AuditEvent
-from casebook.services import audit, two_step
+from casebook.services import audit, sessions, two_step
 from casebook.services.errors import InvalidInput
 from tests.conftest import add_clinician
 
@@ -20,6 +20,7 @@ KEY = two_step.derive_key('the storage secret of these tests')
 OTHER_KEY = two_step.derive_key('another installation')
 T0 = datetime(2026, 12, 5, 9, 0, 10, tzinfo=UTC)  # 10 s into a time step
 STEP = timedelta(seconds=two_step.STEP_SECONDS)
+HOUR = timedelta(hours=1)
 
 
 def code(secret: str, at: datetime) -> str:
@@ -224,3 +225,33 @@ async def test_turning_off_clears_everything(database):
     assert await database.run(lambda s: two_step.turn_off(s, ada.id, by=(admin.id, admin.username)))
     offs = [detail for action, detail in await actions(database) if action == audit.TWO_STEP_OFF]
     assert offs == ['own', 'reset for ada']
+
+
+async def test_a_reset_takes_everything_away_and_ends_every_session(database):
+    ada = await add_clinician(database, 'ada')
+    root = await add_clinician(database, 'root', role='admin')
+    assert await database.run(lambda s: two_step.factors(s, ada.id)) == two_step.Factors(app=False, passkeys=0)
+    secret, codes = await set_up(database, ada.id, at=T0 - 10 * STEP)
+    factors = await database.run(lambda s: two_step.factors(s, ada.id))
+    assert factors.app and factors.any
+    tokens = [
+        await database.run(lambda s: sessions.start_sync(s, clinician_id=ada.id, username='ada')) for _ in range(2)
+    ]
+    kept = await database.run(lambda s: sessions.start_sync(s, clinician_id=root.id, username='root'))
+    done = await database.run(lambda s: two_step.reset(s, ada.id, by=(root.id, 'root'), address='10.0.0.9'))
+    assert (done.clinician_id, done.username, done.app, done.passkeys, len(done.ended)) == (ada.id, 'ada', True, 0, 2)
+    assert done.summary() == 'authenticator app off, 0 passkeys removed, 2 sessions ended'
+    assert not (await database.run(lambda s: two_step.factors(s, ada.id))).any
+    assert not (await verify(database, ada.id, code(secret, T0))).accepted
+    assert not (await verify(database, ada.id, codes[0])).accepted
+    for token in tokens:
+        assert await database.run(lambda s, t=token: sessions.resolve_sync(s, t, max_age=HOUR, idle=HOUR)) is None
+    assert await database.run(lambda s: sessions.resolve_sync(s, kept, max_age=HOUR, idle=HOUR)) is not None
+    trail = [(action, detail) for action, detail in await actions(database) if action != audit.SIGN_IN]
+    assert trail[-3:] == [
+        (audit.RESET_TWO_STEP, 'ada'),
+        (audit.LOGOFF, 'two-step-reset'),
+        (audit.LOGOFF, 'two-step-reset'),
+    ]
+    again = await database.run(lambda s: two_step.reset(s, ada.id, by=(None, '(command line)')))
+    assert again.summary() == 'no authenticator app, 0 passkeys removed, 0 sessions ended'
