@@ -27,7 +27,9 @@ def password_step(visitor, username: str) -> None:
     expect(visitor.page.get_by_role('button', name='Verify')).to_be_visible()
 
 
-def test_set_up_sign_in_with_a_code_once_a_recovery_code_and_an_admin_reset(new_visitor, add_clinician, tmp_path):
+def test_set_up_sign_in_with_a_code_once_a_recovery_code_and_an_admin_reset(
+    server, new_visitor, add_clinician, tmp_path
+):
     alice = new_visitor()
     alice.create_first_account(ALICE, ALICE_NAME)
     add_clinician(BOB, BOB_NAME)
@@ -92,3 +94,6 @@ def test_set_up_sign_in_with_a_code_once_a_recovery_code_and_an_admin_reset(new_
     bob.log_in(BOB, BOB_NAME)  # the password alone again
     alice.assert_clean()
     bob.assert_clean()
+    log = server.log()
+    assert secret not in log and not any(c in log for c in codes)  # never logged
+    server.assert_log_clean()
