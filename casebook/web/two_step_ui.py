@@ -371,6 +371,8 @@ def second_step(
     switch = ui.button('Use a recovery code', on_click=use_recovery).props('flat no-caps')
     switch.set_visibility(factors.app)
     ui.button('Start again', on_click=lambda: restart('')).props('flat no-caps')
+    if factors.app:
+        code.run_method('focus')  # shown after the page loaded: `autofocus` alone would not move the focus
 
 
 def required_setup(pending: Pending, *, tell: Callable[[str], object], restart: Callable[[str], None]) -> None:
