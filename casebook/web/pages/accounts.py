@@ -14,6 +14,7 @@ from casebook.services.errors import CasebookError
 from casebook.web import auth, runtime
 from casebook.web.attempt import NotDone, attempt, database_page, record
 from casebook.web.components import duration, form_card, show_error
+from casebook.web.passkeys_ui import passkey_sign_in
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ async def login_page() -> RedirectResponse | None:
         username.on('keydown.enter', lambda: password.run_method('focus'))
         password.on('keydown.enter', submit)
         ui.button('Log in', on_click=submit).classes('w-full')
+        passkey_sign_in(lambda c: auth.sign_in(c, tell), tell, address=ui.context.client.ip or '')
         if runtime.current().settings.open_registration:
             ui.link('Create an account', '/register').classes('text-sm')
     return None
