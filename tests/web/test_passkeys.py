@@ -1,0 +1,90 @@
+"""The login page's `Sign in with a passkey` in NiceGUI's simulated browser. The browser's WebAuthn answers come
+from the software authenticator of tests/services/test_passkeys.py, as the JSON text passkeys.js sends: a real
+signature over the challenge the page's handler made, verified by py_webauthn."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+import pytest
+from nicegui import ui
+from nicegui.testing import User
+from sqlalchemy import select
+
+from casebook.models import AuditEvent, Clinician
+from casebook.web import runtime
+from tests.services.test_passkeys import RP, Authenticator, register
+from tests.web.helpers import create_first_account, handlers_done
+
+Browser = Callable[[str, str], str]  # (create|get, the options as JSON) -> what passkeys.js resolves to
+CANCELLED = json.dumps({'error': 'NotAllowedError', 'message': 'The operation either timed out or was not allowed.'})
+
+
+@pytest.fixture
+def public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passkeys for http://localhost:8080 (the simulated browser's Host is no name a passkey could be for); listed
+    before `user` so the app is built with it."""
+    monkeypatch.setenv('CASEBOOK_PUBLIC_URL', RP.origin)
+
+
+def browser(user: User) -> list[Browser]:
+    """The simulated browser's next WebAuthn answers, one per prompt, in order."""
+    answers: list[Browser] = []
+
+    def answer(match: re.Match) -> str:
+        return answers.pop(0)(match.group(1), json.loads(match.group(2)))
+
+    user.javascript_rules[re.compile(r'.*\.(get|create)\(("(?:[^"\\]|\\.)*")\)$', re.S)] = answer
+    return answers
+
+
+async def use_a_passkey(user: User) -> None:
+    user.find(kind=ui.button, content='Sign in with a passkey').click()
+    await handlers_done('passkey_sign_in.<locals>.use')
+
+
+async def audit_rows() -> list[tuple[str, str, str]]:
+    async with runtime.current().database.session() as session:
+        rows = await session.execute(select(AuditEvent.action, AuditEvent.actor, AuditEvent.detail))
+        return [tuple(row) for row in rows]
+
+
+async def test_a_passkey_signs_in_refusals_count_like_wrong_passwords_and_a_cancelled_prompt_does_not(
+    public_url, user: User
+) -> None:
+    await create_first_account(user)
+    database = runtime.current().database
+    ada = await database.run(lambda s: s.scalar(select(Clinician.id).where(Clinician.username == 'ada')))
+    phone = Authenticator()
+    await register(database, ada, phone, 'Phone')
+    user.find(kind=ui.button, content='Log out').click()
+    await user.should_see('Log in')
+    answers = browser(user)
+    before = await audit_rows()
+
+    answers.append(lambda kind, options: CANCELLED)
+    await use_a_passkey(user)
+    await user.should_see('No passkey was used.')
+    assert await audit_rows() == before  # nothing happened: nothing recorded, nothing counted
+
+    answers.append(lambda kind, options: phone.get(options) if kind == 'get' else 'not asked to create')
+    await use_a_passkey(user)
+    await user.should_see('User: Dr. Ada | Patient: (not set)')
+    assert (await audit_rows())[-1][:2] == ('sign-in', 'ada')
+    user.find(kind=ui.button, content='Log out').click()
+    await user.should_see('Log in')
+
+    stranger = Authenticator()  # a passkey for this address that this Casebook never registered
+    for _ in range(4):
+        answers.append(lambda kind, options: stranger.get(options))
+        await use_a_passkey(user)
+        await user.should_see('That passkey was not accepted.')
+    await use_a_passkey(user)  # the fifth within seconds: held back before the browser is even asked
+    await user.should_see('Too many attempts. Please wait')
+    assert answers == []
+    rows = (await audit_rows())[len(before) :]
+    failed = [row for row in rows if row[0] == 'sign-in-failed']
+    assert failed == [('sign-in-failed', '(passkey)', 'passkey')] * 4
+    assert rows[-1] == ('sign-in-throttled', '(passkey)', 'passkey')
