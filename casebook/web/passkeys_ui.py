@@ -90,6 +90,8 @@ def passkey_section(
         'A passkey stays on your device; Casebook keeps only its public key.'
     ).classes('text-xs text-gray-700')
     listing = ui.column().props('role=list aria-label="Your passkeys"').classes('w-full gap-1')
+    none = ui.label('No passkeys yet.').classes('text-sm text-gray-700')  # outside the list: only items in it
+    none.set_visibility(False)
     name = ui.input('Passkey name', placeholder='For example: Ward laptop').props('maxlength=80').classes('w-full')
     result = ui.label().props('role=status').classes('text-sm')
 
@@ -107,6 +109,7 @@ def passkey_section(
         if isinstance(found, NotDone):
             return
         listing.clear()
+        none.set_visibility(not found)
         with listing:
             for item in found:
                 used = f'last used {format_time(item.last_used_at)}' if item.last_used_at else 'never used'
@@ -118,8 +121,6 @@ def passkey_section(
                         f'flat round dense aria-label="{_attribute(f"Remove {item.name}")}" '
                         f'title="{_attribute(f"Remove {item.name}")}"'
                     )
-            if not found:
-                ui.label('No passkeys yet.').classes('text-sm text-gray-700')
 
     async def add() -> None:
         if not await still_signed_in():
