@@ -35,12 +35,17 @@ PROMPT_SECONDS = passkeys.TIMEOUT_MS / 1000 + 5  # the browser's prompt times ou
 NOT_USED = 'No passkey was used.'
 NOT_ACCEPTED = passkeys.NOT_ACCEPTED
 MARKER = '(passkey)'  # who a refused passkey sign-in is recorded under: the passkey named nobody we know
-# What the browser's refusals mean to a clinician (passkeys.js names them); anything else: the prompt was left.
 UNSUPPORTED = 'This browser cannot use passkeys here. Use a recent browser, over HTTPS (or at localhost).'
-BROWSER_SAYS = {
-    'NotSupportedError': UNSUPPORTED,
-    'SecurityError': 'The browser refused: passkeys for Casebook do not work at the address this page was opened at.',
-}
+
+
+def _browser_says(error: str, rp: passkeys.RelyingParty, otherwise: str) -> str:
+    """What the browser's refusal (passkeys.js names it) means to a clinician; anything not named here: the prompt
+    was cancelled or timed out, `otherwise`."""
+    if error == 'NotSupportedError':
+        return UNSUPPORTED
+    if error == 'SecurityError':  # CASEBOOK_PUBLIC_URL names another host than the one this page was opened at
+        return f'The browser refused: passkeys here work only at {rp.origin}. Open Casebook at that address.'
+    return otherwise
 
 
 def _utc(moment: datetime) -> str:
@@ -145,7 +150,7 @@ def passkey_section(
             if answer['error'] == 'InvalidStateError':
                 tell('This device already holds one of your passkeys: it is in the list.')
             else:
-                tell(BROWSER_SAYS.get(answer['error'], 'No passkey was added.'))
+                tell(_browser_says(answer['error'], rp, 'No passkey was added.'))
             return
         if not await still_signed_in():
             return
@@ -263,7 +268,7 @@ def passkey_sign_in(
         options, challenge = passkeys.authentication_options(rp, credential_ids=ids)
         answer = await _ask_browser('get', options)
         if isinstance(answer, dict):
-            tell(BROWSER_SAYS.get(answer['error'], NOT_USED))
+            tell(_browser_says(answer['error'], rp, NOT_USED))
             return
 
         def unit(session: Session) -> accounts.ClinicianInfo | None:

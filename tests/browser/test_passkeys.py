@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
+from tests.browser.conftest import Server
 from tests.browser_support import PASSWORD, visitors
 
 AUTHENTICATOR = {
@@ -28,7 +29,7 @@ def with_authenticator(visitor) -> tuple[str, object]:
     return cdp.send('WebAuthn.addVirtualAuthenticator', {'options': AUTHENTICATOR})['authenticatorId'], cdp
 
 
-def test_add_a_passkey_sign_in_with_it_remove_it_and_the_wrong_address(browser, server, add_clinician):
+def test_add_a_passkey_sign_in_with_it_remove_it_and_the_wrong_address(browser, server, add_clinician, tmp_path):
     add_clinician('ada', 'Ada Lovelace')
     with visitors(browser, f'http://localhost:{server.port}') as new_visitor:
         ada = new_visitor()
@@ -82,3 +83,22 @@ def test_add_a_passkey_sign_in_with_it_remove_it_and_the_wrong_address(browser, 
         )
         elsewhere.assert_clean()
     server.assert_log_clean()
+
+    # CASEBOOK_PUBLIC_URL names another host: the browser itself refuses (SecurityError), and the page says where
+    named = Server(tmp_path / 'named', tmp_path / 'named.log', {'CASEBOOK_PUBLIC_URL': 'https://casebook.example.org'})
+    named.start()
+    try:
+        named.casebook('user', 'add', 'ada', '--display-name', 'Ada', '--password-stdin', stdin=PASSWORD + '\n')
+        with visitors(browser, f'http://localhost:{named.port}') as new_visitor:
+            there = new_visitor()
+            with_authenticator(there)
+            there.goto('/')
+            there.page.get_by_role('button', name='Sign in with a passkey').click()
+            expect(there.page.get_by_role('alert')).to_have_text(
+                'The browser refused: passkeys here work only at https://casebook.example.org. '
+                'Open Casebook at that address.'
+            )
+            there.assert_clean()
+        named.assert_log_clean()
+    finally:
+        named.stop()
