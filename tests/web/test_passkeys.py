@@ -88,3 +88,38 @@ async def test_a_passkey_signs_in_refusals_count_like_wrong_passwords_and_a_canc
     failed = [row for row in rows if row[0] == 'sign-in-failed']
     assert failed == [('sign-in-failed', '(passkey)', 'passkey')] * 4
     assert rows[-1] == ('sign-in-throttled', '(passkey)', 'passkey')
+
+
+async def test_the_profile_adds_lists_and_removes_passkeys_and_says_why_not(public_url, user: User) -> None:
+    await create_first_account(user)
+    answers = browser(user)
+    laptop = Authenticator()
+
+    async def add(name: str, answer: Browser) -> None:
+        answers.append(answer)
+        user.find(kind=ui.input, content='Passkey name').clear().type(name)
+        user.find(kind=ui.button, content='Add a passkey').click()
+        await handlers_done('passkey_section.<locals>.add')
+
+    user.find(kind=ui.button, content='Profile').click()
+    await user.should_see('Passkeys')
+    await user.should_see('No passkeys yet.')
+    await add('Ward laptop', lambda kind, options: laptop.create(options) if kind == 'create' else 'not asked to get')
+    await user.should_see('Passkey “Ward laptop” added.')
+    await user.should_see('never used')
+
+    await add('ward LAPTOP', lambda kind, options: Authenticator().create(options))
+    await user.should_see('Passkey name: you already have a passkey called "ward LAPTOP". Choose another name.')
+    await add('Phone', lambda kind, options: CANCELLED)
+    await user.should_see('No passkey was added.')
+    await add('Again', lambda kind, options: json.dumps({'error': 'InvalidStateError', 'message': 'excluded'}))
+    await user.should_see('This device already holds one of your passkeys: it is in the list.')
+    assert answers == []
+
+    user.find(kind=ui.button, content='delete').click()  # the one passkey's `Remove Ward laptop`
+    await user.should_see('Remove the passkey “Ward laptop”?')
+    user.find(kind=ui.button, content='Remove').click()
+    await user.should_see('Passkey “Ward laptop” removed.')
+    await user.should_see('No passkeys yet.')
+    rows = [row for row in await audit_rows() if row[0].startswith('passkey-')]
+    assert rows == [('passkey-added', 'ada', 'Ward laptop'), ('passkey-removed', 'ada', 'Ward laptop')]
