@@ -173,8 +173,7 @@ def finish_registration(
     relying party id, user verification); commits, with a PASSKEY_ADDED audit row. `name` is trimmed, at most
     NAME_MAX characters, not one the clinician already uses; blank gives `Passkey N`. InvalidInput, nothing
     stored, otherwise."""
-    existing = {n.casefold() for n in session.scalars(select(Passkey.name).where(Passkey.clinician_id == clinician_id))}
-    chosen = _name(name, existing)
+    chosen = name_for(session, clinician_id, name)
     credential = _parsed(credential_json)
     if credential is None:
         session.rollback()
@@ -211,7 +210,11 @@ def finish_registration(
     return info
 
 
-def _name(raw: str, existing: set[str]) -> str:
+def name_for(session: Session, clinician_id: int, raw: str) -> str:
+    """The name a new passkey of the clinician's would get from `raw` (trimmed; blank: `Passkey N`), or
+    InvalidInput saying why it cannot; reads only. Asked before the browser's prompt too, so that a name refused
+    never leaves a passkey on the device that Casebook did not keep."""
+    existing = {n.casefold() for n in session.scalars(select(Passkey.name).where(Passkey.clinician_id == clinician_id))}
     name = ' '.join((raw or '').split())
     if not name:
         number = len(existing) + 1
@@ -228,7 +231,7 @@ def _name(raw: str, existing: set[str]) -> str:
 def _registration_refusal(detail: str) -> str:
     if 'challenge' in detail:
         return OUT_OF_DATE
-    if 'verif' in detail.lower():
+    if 'user verification' in detail.lower():
         return 'That passkey did not check who you are (a fingerprint, face or PIN). Please use one that does.'
     return 'That passkey could not be registered. Please try again.'
 

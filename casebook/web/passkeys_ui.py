@@ -136,11 +136,13 @@ def passkey_section(
         except InvalidInput as refusal:
             tell(refusal.message)
             return
-        made = await attempt(
-            lambda: rt.database.run(lambda session: passkeys.registration_options(session, me.id, rp)),
-            tell,
-            what='passkey options',
-        )
+        typed = name.value or ''
+
+        def ask(session: Session) -> tuple[str, bytes]:
+            passkeys.name_for(session, me.id, typed)  # a name refused is said before the device makes a passkey
+            return passkeys.registration_options(session, me.id, rp)
+
+        made = await attempt(lambda: rt.database.run(ask), tell, what='passkey options')
         if isinstance(made, NotDone):
             return
         options, challenge = made
@@ -157,7 +159,7 @@ def passkey_section(
         added = await attempt(
             lambda: rt.database.run(
                 lambda session: passkeys.finish_registration(
-                    session, me.id, answer, challenge=challenge, rp=rp, name=name.value or '', address=address
+                    session, me.id, answer, challenge=challenge, rp=rp, name=typed, address=address
                 )
             ),
             tell,
