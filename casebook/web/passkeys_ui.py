@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from nicegui import ui
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from casebook import metrics
@@ -223,8 +224,6 @@ def passkey_sign_in(
     passkeys work when the page is at another address. A prompt the clinician cancelled records nothing."""
     rt = runtime.current()
     host = _request_host()
-    attempted = MARKER if clinician_id is None else f'{MARKER} #{clinician_id}'
-    throttled_as = f'{attempted} {address}'  # per address: one address's failures never lock out everyone's passkeys
     busy = False
 
     async def use() -> None:
@@ -239,11 +238,18 @@ def passkey_sign_in(
             busy = False
             button.enable()
 
-    async def refused(message: str) -> None:
-        metrics.sign_in('failed')
-        await rt.throttle.failed(throttled_as, address)
-        await record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address, 'passkey'))
-        tell(message)
+    async def whose() -> tuple[str, str, list[str] | None] | NotDone:
+        """(recorded as, throttled as, the passkeys allowed). Without a clinician: MARKER, throttled per address
+        (one address's failures never hold back everyone's passkeys), any passkey. With one (the second step of a
+        password sign-in): their username, the same count as their wrong passwords, their passkeys only."""
+        if clinician_id is None:
+            return MARKER, f'{MARKER} {address}', None
+
+        def read(session: Session) -> tuple[str, str, list[str] | None]:
+            username = session.scalar(select(Clinician.username).where(Clinician.id == clinician_id)) or MARKER
+            return username, username, passkeys.credential_ids(session, clinician_id)
+
+        return await attempt(lambda: rt.database.run(read), tell, what='passkey sign-in')
 
     async def _use() -> None:
         tell('')
@@ -252,21 +258,19 @@ def passkey_sign_in(
         except InvalidInput as refusal:
             tell(refusal.message)
             return
+        who = await whose()
+        if isinstance(who, NotDone):
+            return
+        attempted, throttled_as, ids = who
+        if ids == []:  # an empty allow list would let the browser offer any passkey of this site
+            tell('You have no passkey here yet: add one on your Profile after signing in.')
+            return
         wait = await rt.throttle.wait_seconds(throttled_as, address)
         if wait > 0:
             metrics.sign_in('throttled')
             await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address, 'passkey'))
             tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
             return
-        ids = None
-        if clinician_id is not None:
-            ids = await attempt(
-                lambda: rt.database.run(lambda session: passkeys.credential_ids(session, clinician_id)),
-                tell,
-                what='passkey sign-in',
-            )
-            if isinstance(ids, NotDone):
-                return
         options, challenge = passkeys.authentication_options(rp, credential_ids=ids)
         answer = await _ask_browser('get', options)
         if isinstance(answer, dict):
@@ -285,7 +289,10 @@ def passkey_sign_in(
         if isinstance(clinician, NotDone):
             return
         if clinician is None:
-            await refused(NOT_ACCEPTED)
+            metrics.sign_in('failed')
+            await rt.throttle.failed(throttled_as, address)
+            await record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address, 'passkey'))
+            tell(NOT_ACCEPTED)
             return
         await rt.throttle.succeeded(throttled_as)
         if await on_clinician(clinician) is not False:

@@ -15,7 +15,9 @@ from sqlalchemy import select
 
 from casebook.models import AuditEvent, Clinician
 from casebook.web import runtime
-from tests.services.test_passkeys import RP, Authenticator, register
+from casebook.web.passkeys_ui import passkey_sign_in
+from tests.conftest import add_clinician
+from tests.services.test_passkeys import RP, Authenticator, b64, register
 from tests.web.helpers import create_first_account, handlers_done
 
 Browser = Callable[[str, str], str]  # (create|get, the options as JSON) -> what passkeys.js resolves to
@@ -124,3 +126,50 @@ async def test_the_profile_adds_lists_and_removes_passkeys_and_says_why_not(publ
     await user.should_see('No passkeys yet.')
     rows = [row for row in await audit_rows() if row[0].startswith('passkey-')]
     assert rows == [('passkey-added', 'ada', 'Ward laptop'), ('passkey-removed', 'ada', 'Ward laptop')]
+
+
+async def test_the_second_step_of_a_password_sign_in_takes_only_that_clinicians_passkeys(
+    public_url, user: User
+) -> None:
+    """`Use a passkey` (passkey_sign_in with clinician_id), on a page of its own here: the two-step sign-in's
+    login page is where it is used."""
+    await create_first_account(user)
+    database = runtime.current().database
+    await add_clinician(database, 'bob')
+    await add_clinician(database, 'cy')
+    ids = dict(await database.run(lambda s: s.execute(select(Clinician.username, Clinician.id)).all()))
+    ada_phone, bob_phone = Authenticator(), Authenticator()
+    await register(database, ids['ada'], ada_phone)
+    await register(database, ids['bob'], bob_phone)
+    signed: list[str] = []
+
+    async def on_clinician(clinician) -> None:
+        signed.append(clinician.username)
+
+    def second_step(username: str) -> None:
+        told = ui.label().props('role=alert')
+        passkey_sign_in(on_clinician, told.set_text, address='10.0.0.7', clinician_id=ids[username])
+
+    ui.page('/test-second-step/{username}')(second_step)
+    answers = browser(user)
+    before = len(await audit_rows())
+
+    await user.open('/test-second-step/cy')  # no passkey: the browser is not asked to offer just any
+    user.find(kind=ui.button, content='Use a passkey').click()
+    await user.should_see('You have no passkey here yet')
+
+    await user.open('/test-second-step/ada')
+
+    def bobs_passkey_anyway(kind: str, options: str) -> str:
+        allowed = json.loads(options)['allowCredentials']
+        assert [item['id'] for item in allowed] == [b64(ada_phone.credential_id)]  # what a browser would offer
+        return bob_phone.get(json.dumps(json.loads(options) | {'allowCredentials': []}))  # a forged answer
+
+    answers.append(bobs_passkey_anyway)
+    user.find(kind=ui.button, content='Use a passkey').click()
+    await user.should_see('That passkey was not accepted.')
+    answers.append(lambda kind, options: ada_phone.get(options))
+    user.find(kind=ui.button, content='Use a passkey').click()
+    await handlers_done('passkey_sign_in.<locals>.use')
+    assert signed == ['ada'] and answers == []
+    assert (await audit_rows())[before:] == [('sign-in-failed', 'ada', 'passkey')]
