@@ -7,6 +7,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,9 +44,38 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description='Bearer token for GET /metrics (at least 16 characters); unset: /metrics answers 404.'
     )
+    public_url: str | None = Field(
+        None,
+        description='The address clinicians open (https://casebook.example.org): passkeys belong to its host name; '
+        'unset: passkeys work at http://localhost:PORT only.',
+    )
     log_format: Literal['text', 'json'] = Field(
         'text', description='`json`: one JSON object per log line (for log shippers); `text`: readable lines.'
     )
+
+    @field_validator('public_url')
+    @classmethod
+    def _origin_only(cls, value: str | None) -> str | None:
+        """http(s)://host[:port], a trailing '/' allowed and dropped; nothing else (no path, query, user)."""
+        if value is None or not value.strip():
+            return None
+        url = urlsplit(value.strip())
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if (
+            url.scheme not in ('http', 'https')
+            or not url.hostname
+            or port == -1
+            or url.username is not None
+            or url.password is not None
+            or url.path not in ('', '/')
+            or url.query
+            or url.fragment
+        ):
+            raise ValueError('must be http(s)://host[:port] with no path, for example https://casebook.example.org')
+        return f'{url.scheme}://{url.netloc.lower()}'
 
     @field_validator('data_dir')
     @classmethod

@@ -54,6 +54,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         'CASEBOOK_OPEN_REGISTRATION',
         'CASEBOOK_METRICS_TOKEN',
         'CASEBOOK_LOG_FORMAT',
+        'CASEBOOK_PUBLIC_URL',
     ):
         monkeypatch.delenv(name, raising=False)
     return directory
