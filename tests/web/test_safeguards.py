@@ -24,9 +24,9 @@ async def audit_rows() -> list[AuditEvent]:
 
 @pytest.fixture
 def short_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Automatic logoff after 12 s (warning 6 s before, checks every 3 s); listed before `user` so the
+    """Automatic logoff after 6 s (warning 3 s before, checks every 1.5 s); listed before `user` so the
     app is built with it."""
-    monkeypatch.setenv('CASEBOOK_IDLE_TIMEOUT_MINUTES', '0.2')
+    monkeypatch.setenv('CASEBOOK_IDLE_TIMEOUT_MINUTES', '0.1')
 
 
 async def test_login_gives_the_browser_a_new_identifier_and_a_planted_one_is_worthless(user: User, create_user) -> None:
@@ -70,7 +70,7 @@ async def test_idle_logoff_warns_first_then_logs_off_on_the_server(short_idle, u
     await create_first_account(user)
     await open_patient(user, 'PAT1')
     await user.should_see('Still there?', retries=120)
-    await user.should_see('You were logged off after 12 seconds without activity.', retries=300)
+    await user.should_see('You were logged off after 6 seconds without activity.', retries=300)
     logoffs = [row.detail for row in await audit_rows() if row.action == 'logoff']
     assert logoffs == ['idle']
 
@@ -80,11 +80,11 @@ async def test_staying_signed_in_and_typing_keep_the_session(short_idle, user: U
     await open_patient(user, 'PAT1')
     await user.should_see('Still there?', retries=120)
     user.find(kind=ui.button, content='Stay signed in').click()
-    for _ in range(8):  # 16 s of slow typing, longer than the timeout
+    for _ in range(9):  # 9 s of slow typing, longer than the timeout
         user.find(kind=ui.input, content='Type message here').type('.')
-        await asyncio.sleep(2)
-    send(user, 'still here after 16 s of typing')
-    await should_see_message(user, 'still here after 16 s of typing')
+        await asyncio.sleep(1)
+    send(user, 'still here after 9 s of typing')
+    await should_see_message(user, 'still here after 9 s of typing')
     assert not [row for row in await audit_rows() if row.action == 'logoff']
 
 
