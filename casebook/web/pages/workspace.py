@@ -25,7 +25,7 @@ from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
-from casebook.web import auth, lifecycle, runtime
+from casebook.web import auth, lifecycle, oidc, runtime
 from casebook.web.attempt import NOT_DONE, UNREACHABLE, NotDone, attempt, database_page
 from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
@@ -200,6 +200,9 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
             ui.download.from_url(f'/export/{self.conversation.patient_id}/{fmt}')
 
     async def log_out(self) -> None:
+        # signed in through the identity provider: its end-session page next, so the next clinician at this
+        # computer does not walk straight back in (it sends the browser back to /login)
+        provider_logout = await oidc.end_session_url(self.token)
         try:
             await auth.sign_out(self.token, clinician_id=self.clinician.id, reason='manual', address=self.address)
         except DATABASE_ERRORS:
@@ -207,7 +210,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
             log.warning('session not ended on the server: the database could not be reached')
             if self._owns_notebook():
                 self.book.sign_out()
-        ui.navigate.to('/login')
+        ui.navigate.to(provider_logout or '/login')
 
     # ----- the profile ------------------------------------------------------------------------------
 
