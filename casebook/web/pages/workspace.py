@@ -95,6 +95,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
     def __init__(self, signed: SignedIn, token: str, book: Notebook) -> None:
         self.signed = signed
         self.token = token  # this tab acts for this session only, whatever later sign-ins do to the notebook
+        self.exit = '/login'  # where the tab goes when its session ends (Log out: maybe the provider's logout page)
         self.book = book
         self.client = ui.context.client
         self.conversation: ConversationInfo | None = None
@@ -202,7 +203,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
     async def log_out(self) -> None:
         # signed in through the identity provider: its end-session page next, so the next clinician at this
         # computer does not walk straight back in (it sends the browser back to /login)
-        provider_logout = await oidc.end_session_url(self.token)
+        self.exit = await oidc.end_session_url(self.token) or '/login'
         try:
             await auth.sign_out(self.token, clinician_id=self.clinician.id, reason='manual', address=self.address)
         except DATABASE_ERRORS:
@@ -210,7 +211,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
             log.warning('session not ended on the server: the database could not be reached')
             if self._owns_notebook():
                 self.book.sign_out()
-        ui.navigate.to(provider_logout or '/login')
+        ui.navigate.to(self.exit)
 
     # ----- the profile ------------------------------------------------------------------------------
 
@@ -325,7 +326,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
         self.unsubscribe()
         if not self.client.is_deleted:
             with self.client:
-                ui.navigate.to('/login')
+                ui.navigate.to(self.exit)
 
     async def _on_sessions(self, event: SessionsEnded | Resync) -> None:
         if isinstance(event, Resync):  # a logoff may have been missed: ask the database
