@@ -52,7 +52,12 @@ def casebook(tmp_path_factory, provider: Provider) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp('casebook')
     server = Server(folder / 'data', folder / 'server.log')
     server.extra_env = casebook_env(
-        provider, server.base_url, CASEBOOK_OIDC_TIMEOUT_SECONDS='1.5', CASEBOOK_OIDC_LEEWAY_SECONDS='5'
+        provider,
+        server.base_url,
+        CASEBOOK_OIDC_TIMEOUT_SECONDS='1.5',
+        CASEBOOK_OIDC_LEEWAY_SECONDS='5',
+        # for password sign-ins only: a single sign-on leaves the second step to the provider
+        CASEBOOK_REQUIRE_TWO_STEP='true',
     )
     provider.start(redirect_uris=[server.base_url + '/auth/oidc/callback'], logout_uris=[server.base_url + '/login'])
     server.start()
