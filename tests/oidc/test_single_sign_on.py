@@ -110,12 +110,22 @@ def test_a_state_is_accepted_once_and_only_as_issued(visitor: Visitor, casebook:
     # the state a tampered request named was not used up: the real answer still signs in, once
     assert visitor.callback(back).headers['location'] == '/'
     assert visitor.get('/').status_code == 200
+    stranger = httpx.get(back, follow_redirects=False)  # no cookie at all
+    assert stranger.status_code == 303 and stranger.headers['location'] == '/login'
     other = Visitor(casebook.base_url)
     try:  # the same answer replayed (from another browser, or again): refused
         assert other.get('/login').status_code == 200
         failed_with(other, casebook, other.callback(back), 'state', 'the sign-in link was used already')
     finally:
         other.close()
+
+
+def test_a_refusal_by_the_provider_is_said(visitor: Visitor, casebook: Server) -> None:
+    """The clinician cancelled at the provider: it answers with an error and the state, no code."""
+    assert visitor.get('/login').status_code == 200
+    state = parse_qs(urlparse(visitor.get('/auth/oidc/start').headers['location']).query)['state'][0]
+    refused = visitor.get('/auth/oidc/callback?' + urlencode({'error': 'access_denied', 'state': state}))
+    failed_with(visitor, casebook, refused, 'denied', 'the identity provider did not sign you in')
 
 
 def test_no_account_or_a_disabled_one_is_refused(visitor: Visitor, casebook: Server) -> None:
