@@ -34,9 +34,11 @@ def unreachable_issuer(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 async def test_passwords_with_an_unreachable_provider_and_when_only_single_sign_on_is_allowed(
-    unreachable_issuer: str, user: User, monkeypatch: pytest.MonkeyPatch
+    unreachable_issuer: str, user: User, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     await create_first_account(user)  # ada, the break-glass admin
+    warned = [r.getMessage() for r in caplog.records if r.name == 'casebook.web.oidc' and r.levelname == 'WARNING']
+    assert warned and warned[0].startswith(f'Single sign-on is not available: {unreachable_issuer}')
     await add('bob', 'Dr. Bob')
     await sso.add_clinician(runtime.current().database.run, username='carol', display_name='Dr. Carol')
     await log_out(user)
