@@ -48,8 +48,12 @@ def test_sign_in_through_the_provider_reload_and_log_out_through_it(server: Serv
     ada.goto('/login')
     provider_login(ada.page, 'ada')
     expect(ada.header).to_have_text('User: Dr. Ada Lovelace | Patient: (not set)')  # the provider's `name` claim
+    # each step waits for an event answered over the page's socket before leaving the page: a page left within a
+    # second of connecting logs NiceGUI's "JavaScript did not respond" (its drawer's question), whatever the way out
+    ada.open_patient('PAT1', 'Dr. Ada Lovelace')
     ada.page.reload()
-    expect(ada.header).to_have_text('User: Dr. Ada Lovelace | Patient: (not set)')
+    expect(ada.header).to_have_text('User: Dr. Ada Lovelace | Patient: PAT1')  # still signed in, same notebook
+    ada.open_patient('PAT2', 'Dr. Ada Lovelace')
 
     ada.page.get_by_role('button', name='Log out').click()
     ada.page.get_by_role('button', name='Yes, sign me out').click()  # the provider's end-session page
