@@ -7,6 +7,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,11 +44,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description='Bearer token for GET /metrics (at least 16 characters); unset: /metrics answers 404.'
     )
+    public_url: str | None = Field(
+        None,
+        description='The address clinicians open (https://casebook.example.org): passkeys belong to its host name; '
+        'unset: passkeys work at http://localhost:PORT only.',
+    )
     log_format: Literal['text', 'json'] = Field(
         'text', description='`json`: one JSON object per log line (for log shippers); `text`: readable lines.'
-    )
-    public_url: str | None = Field(
-        None, description='The address clinicians reach Casebook at (default http://127.0.0.1:8080), no trailing /.'
     )
     # Single sign-on (OpenID Connect, casebook/web/oidc.py); unset issuer: off
     oidc_issuer: str | None = Field(None, description='The identity provider (discovery at /.well-known/…).')
@@ -60,6 +63,30 @@ class Settings(BaseSettings):
     oidc_timeout_seconds: float = Field(10, gt=0, le=120, description='Each request to the identity provider.')
     oidc_leeway_seconds: int = Field(60, ge=0, le=600, description="Clock difference allowed with the provider's.")
     break_glass_user: str | None = Field(None, description='With CASEBOOK_OIDC_ONLY: the one password account left.')
+
+    @field_validator('public_url')
+    @classmethod
+    def _origin_only(cls, value: str | None) -> str | None:
+        """http(s)://host[:port], a trailing '/' allowed and dropped; nothing else (no path, query, user)."""
+        if value is None or not value.strip():
+            return None
+        url = urlsplit(value.strip())
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if (
+            url.scheme not in ('http', 'https')
+            or not url.hostname
+            or port == -1
+            or url.username is not None
+            or url.password is not None
+            or url.path not in ('', '/')
+            or url.query
+            or url.fragment
+        ):
+            raise ValueError('must be http(s)://host[:port] with no path, for example https://casebook.example.org')
+        return f'{url.scheme}://{url.netloc.lower()}'
 
     @field_validator('data_dir')
     @classmethod

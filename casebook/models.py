@@ -138,6 +138,28 @@ class RecoveryCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class Passkey(Base):
+    """One of a clinician's passkeys (WebAuthn, casebook.services.passkeys): the public key only, never a secret.
+
+    `credential_id` and `public_key` are base64url text (so a backup carries them as any other text); the
+    credential id is unique across clinicians, as the authenticator makes it. `sign_count` is the authenticator's
+    counter (32 bits unsigned, hence 64 here), 0 for the many that keep none. `transports` is what the browser
+    reported (`internal,hybrid`), a hint for later sign-ins; it may be empty."""
+
+    __tablename__ = 'passkeys'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clinician_id: Mapped[int] = mapped_column(ForeignKey('clinicians.id'), index=True)
+    credential_id: Mapped[str] = mapped_column(Text, unique=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    name: Mapped[str] = mapped_column(String(80))  # passkeys.NAME_MAX
+    transports: Mapped[str] = mapped_column(String(200), default='')
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    __table_args__ = (UniqueConstraint('clinician_id', 'name', name='uq_passkeys_clinician_name'),)
+
+
 class AuthSession(Base):
     """A server-side sign-in; browsers hold only the token, the database holds its SHA-256."""
 

@@ -49,6 +49,9 @@ ADMIN_RESET_PASSWORD = 'admin-reset-password'  # noqa: S105 (an action's name)
 ADMIN_CHANGE_ROLE = 'admin-change-role'
 ADMIN_AUDIT_EXPORT = 'admin-audit-export'
 SEARCH = 'search'  # detail: the scope and the number of hits shown, never the words searched
+# Passkeys (casebook.services.passkeys)
+PASSKEY_ADDED = 'passkey-added'  # detail: the passkey's name
+PASSKEY_REMOVED = 'passkey-removed'  # detail: the passkey's name
 # Two-step sign-in (casebook.services.two_step); details never hold a secret or a code
 TWO_STEP_ON = 'two-step-on'
 TWO_STEP_OFF = 'two-step-off'  # detail: 'own', or 'reset for USERNAME' when someone else turned it off
@@ -76,6 +79,8 @@ ACTIONS = (
     ADMIN_CHANGE_ROLE,
     ADMIN_AUDIT_EXPORT,
     SEARCH,
+    PASSKEY_ADDED,
+    PASSKEY_REMOVED,
     TWO_STEP_ON,
     TWO_STEP_OFF,
     RECOVERY_CODE_USED,

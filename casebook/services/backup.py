@@ -15,8 +15,9 @@ made from SQLite restores into PostgreSQL and back. Sessions, NiceGUI storage an
 are not in it.
 
 A file holds the tables its schema revision had: one made before a table was added (ADDED_BY_REVISION, e.g.
-`templates` at 0008, `two_step` and `recovery_codes` at 0009) has no section and no count for it, and restores
-with that table empty. The format stays v1. Two-step sign-in secrets are in it as stored: encrypted.
+`templates` at 0008, `two_step` and `recovery_codes` at 0009, `passkeys` at 0010) has no section and no count for
+it, and restores with that table empty. The format stays v1. Two-step sign-in secrets are in it as stored:
+encrypted. Passkeys are in it too: public keys, nothing secret, so they keep working after a restore.
 
 Backup reads everything in ONE transaction (SQLite: one read transaction in WAL mode, which never takes the
 write lock; PostgreSQL: REPEATABLE READ READ ONLY), so counts, rows and the audit chain's head are those of one
@@ -62,6 +63,7 @@ from casebook.models import (
     EnteredInError,
     Installation,
     Message,
+    Passkey,
     RecoveryCode,
     Template,
     TwoStep,
@@ -82,6 +84,7 @@ TABLES: tuple[Table, ...] = tuple(
         Template,
         TwoStep,
         RecoveryCode,
+        Passkey,
         Conversation,
         Message,
         EnteredInError,
@@ -91,7 +94,7 @@ TABLES: tuple[Table, ...] = tuple(
 )
 # Tables made by a later migration than the first backups': a file of an older schema revision has no section
 # for them (and no count in its header), and restores with them empty.
-ADDED_BY_REVISION = {'templates': '0008', 'two_step': '0009', 'recovery_codes': '0009'}
+ADDED_BY_REVISION = {'templates': '0008', 'two_step': '0009', 'recovery_codes': '0009', 'passkeys': '0010'}
 # Left out on purpose: sign-ins end with a restore (everyone signs in again), and the chart's hourly counts are
 # derived from the audit trail and rebuilt on first need. A new table must be named in one of the two. The search
 # index (search.TABLE, made by its migration's own SQL, not a model) is rebuilt from the messages by a restore.

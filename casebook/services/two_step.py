@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from casebook.models import Clinician, RecoveryCode, TwoStep, utcnow
+from casebook.models import Clinician, Passkey, RecoveryCode, TwoStep, utcnow
 from casebook.services import audit
 from casebook.services.errors import InvalidInput
 
@@ -213,7 +213,7 @@ def factors(session: Session, clinician_id: int) -> Factors:
 
 
 def _count_passkeys(session: Session, clinician_id: int) -> int:
-    return 0
+    return session.scalar(select(func.count()).where(Passkey.clinician_id == clinician_id)) or 0
 
 
 def is_on(session: Session, clinician_id: int) -> bool:
@@ -335,8 +335,10 @@ def reset(session: Session, clinician_id: int, *, by: tuple[int | None, str], ad
 
 
 def _remove_passkeys(session: Session, clinician_id: int) -> int:
-    """The clinician's passkeys removed (no commit); how many. (Passkeys arrive with casebook.services.passkeys.)"""
-    return 0
+    """The clinician's passkeys removed (no commit); how many."""
+    from casebook.services import passkeys  # py_webauthn is loaded only where passkeys are used
+
+    return passkeys.remove_all(session, clinician_id)
 
 
 def new_recovery_codes(session: Session, clinician_id: int, *, address: str = '') -> list[str]:

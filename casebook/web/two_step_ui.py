@@ -23,6 +23,7 @@ from casebook.services.sessions import SignedIn
 from casebook.web import auth, runtime
 from casebook.web.attempt import NotDone, attempt, record
 from casebook.web.components import heading
+from casebook.web.passkeys_ui import passkey_sign_in
 
 PENDING_SECONDS = 5 * 60
 TOO_SLOW = 'More than 5 minutes passed since you typed your password. Please log in again.'
@@ -352,6 +353,7 @@ def second_step(
 
     def use_recovery() -> None:
         using = not recovery.visible
+        verify_button.set_visibility(True)
         recovery.set_visibility(using)
         code.set_visibility(not using)
         hint.set_text(
@@ -367,10 +369,22 @@ def second_step(
     if not factors.app:  # passkeys only: the app's code cannot be asked for
         code.set_visibility(False)
         hint.set_text('Use your passkey to finish signing in.')
-    ui.button('Verify', on_click=verify).classes('w-full')
+    verify_button = ui.button('Verify', on_click=verify).classes('w-full')
+    verify_button.set_visibility(factors.app)
     switch = ui.button('Use a recovery code', on_click=use_recovery).props('flat no-caps')
     switch.set_visibility(factors.app)
+    if factors.passkeys:
+
+        async def with_passkey(clinician: accounts.ClinicianInfo) -> None:
+            if pending.expired:
+                restart(TOO_SLOW)
+                return
+            await finish(pending, tell, 'password+passkey')
+
+        passkey_sign_in(with_passkey, tell, address=pending.address, clinician_id=pending.clinician.id)
     ui.button('Start again', on_click=lambda: restart('')).props('flat no-caps')
+    if factors.app:
+        code.run_method('focus')  # shown after the page loaded: `autofocus` alone would not move the focus
 
 
 def required_setup(pending: Pending, *, tell: Callable[[str], object], restart: Callable[[str], None]) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from casebook import cli
 from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
-from casebook.services import accounts, backup, conversations, templates, two_step
+from casebook.services import accounts, backup, conversations, passkeys, templates, two_step
 from tests.browser_support import CASEBOOK, casebook_env
 from tests.conftest import PASSWORD, add_clinician
 
@@ -270,8 +270,8 @@ def test_check_shows_what_a_file_holds_and_writes_nothing(fresh, casebook, tmp_p
     code, out, err = casebook(target, 'restore', '--check', str(file))
     assert (code, err) == (0, '')
     held = (
-        'installation 1, clinicians 2, templates 4, two step 0, recovery codes 0, conversations 3, messages 14, '
-        'entered in error 1, audit events 15'
+        'installation 1, clinicians 2, templates 4, two step 0, recovery codes 0, passkeys 0, conversations 3, '
+        'messages 14, entered in error 1, audit events 15'
     )
     assert out.startswith(f'{file} is whole: {held}')
     assert 'audit trail intact: 15 rows' in out
@@ -643,7 +643,7 @@ def as_made_at(path: Path, revision: str) -> None:
     after that revision (backup.ADDED_BY_REVISION)."""
     lines = lines_of(path)
     header, trailer = json.loads(lines[0]), json.loads(lines[-1])
-    assert header['schema_revision'] == '0009'  # the newest: written by this Casebook
+    assert header['schema_revision'] == '0010'  # the newest: written by this Casebook
     header['schema_revision'] = revision
     for name, added in backup.ADDED_BY_REVISION.items():
         if added <= revision:
@@ -667,11 +667,19 @@ def test_a_file_made_before_templates_restores_without_them(database, casebook, 
     as_made_before_templates(file)
     assert b'"templates"' not in gzip.decompress(file.read_bytes())
     code, out, err = casebook(database.url, 'restore', '--check', str(file))
-    assert (code, err) == (0, '') and 'clinicians 2, templates 0, two step 0, recovery codes 0, conversations 3' in out
+    assert (code, err) == (
+        0,
+        '',
+    ) and 'clinicians 2, templates 0, two step 0, recovery codes 0, passkeys 0, conversations 3' in out
     code, out, err = casebook(database.url, 'restore', str(file))
     assert (code, err) == (0, ''), err
     assert 'the counts match' in out
-    assert counts(database.url) == counts_in(good_backup) | {'templates': 0, 'two_step': 0, 'recovery_codes': 0}
+    assert counts(database.url) == counts_in(good_backup) | {
+        'templates': 0,
+        'two_step': 0,
+        'recovery_codes': 0,
+        'passkeys': 0,
+    }
     assert templates_of(database.url) == {'ada': [], 'bob': []}
 
 
@@ -699,7 +707,7 @@ def test_the_templates_section_is_expected_by_revision(
     lines = lines_of(file)
     header = json.loads(lines[0])
     header['schema_revision'] = revision
-    for name in ('templates', 'two_step', 'recovery_codes'):
+    for name in ('templates', 'two_step', 'recovery_codes', 'passkeys'):
         header['rows'].pop(name, None)
     if templates_count is not None:
         header['rows']['templates'] = templates_count
@@ -789,3 +797,48 @@ def test_a_file_made_before_two_step_restores_without_it(database, casebook, goo
     code, _out, err = casebook(database.url, 'restore', str(file))
     assert (code, err) == (0, ''), err
     assert counts(database.url) == counts_in(good_backup)
+
+
+# ----- passkeys --------------------------------------------------------------------------------------------------
+
+
+def test_a_passkey_still_signs_in_after_a_restore_into_postgresql(fresh, casebook, tmp_path):
+    """Passkeys are public keys: the backup carries them as they are, and the restored one verifies the same
+    authenticator's next signature (its sign count carried too)."""
+    from tests.services.test_passkeys import RP, Authenticator
+
+    phone = Authenticator()
+
+    async def registered(url: str) -> int:
+        db = Database(url)
+        try:
+            await db.migrate()
+            ada = await add_clinician(db, 'ada')
+            options, challenge = await db.run(lambda s: passkeys.registration_options(s, ada.id, RP))
+            answer = phone.create(options)
+            await db.run(
+                lambda s: passkeys.finish_registration(s, ada.id, answer, challenge=challenge, rp=RP, name='Phone')
+            )
+            return ada.id
+        finally:
+            await db.dispose()
+
+    async def signed_in(url: str) -> int | None:
+        db = Database(url)
+        try:
+            options, challenge = passkeys.authentication_options(RP)
+            answer = phone.get(options)
+            return await db.run(lambda s: passkeys.finish_authentication(s, answer, challenge=challenge, rp=RP))
+        finally:
+            await db.dispose()
+
+    source = fresh('sqlite', 'source')
+    ada = run_on_own_loop(lambda: registered(source))
+    assert run_on_own_loop(lambda: signed_in(source)) == ada
+    file = tmp_path / 'clinic.cbk'
+    backup_to(casebook, source, file)
+    assert '"passkeys":1' in gzip.decompress(file.read_bytes()).decode()
+    target = fresh('postgresql', 'target')
+    code, _out, err = casebook(target, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert run_on_own_loop(lambda: signed_in(target)) == ada

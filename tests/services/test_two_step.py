@@ -15,6 +15,7 @@ from casebook.models import AuditEvent
 from casebook.services import audit, sessions, two_step
 from casebook.services.errors import InvalidInput
 from tests.conftest import add_clinician
+from tests.services.test_passkeys import Authenticator, register
 
 KEY = two_step.derive_key('the storage secret of these tests')
 OTHER_KEY = two_step.derive_key('another installation')
@@ -232,15 +233,16 @@ async def test_a_reset_takes_everything_away_and_ends_every_session(database):
     root = await add_clinician(database, 'root', role='admin')
     assert await database.run(lambda s: two_step.factors(s, ada.id)) == two_step.Factors(app=False, passkeys=0)
     secret, codes = await set_up(database, ada.id, at=T0 - 10 * STEP)
+    await register(database, ada.id, Authenticator(), 'Phone')
     factors = await database.run(lambda s: two_step.factors(s, ada.id))
-    assert factors.app and factors.any
+    assert factors == two_step.Factors(app=True, passkeys=1)
     tokens = [
         await database.run(lambda s: sessions.start_sync(s, clinician_id=ada.id, username='ada')) for _ in range(2)
     ]
     kept = await database.run(lambda s: sessions.start_sync(s, clinician_id=root.id, username='root'))
     done = await database.run(lambda s: two_step.reset(s, ada.id, by=(root.id, 'root'), address='10.0.0.9'))
-    assert (done.clinician_id, done.username, done.app, done.passkeys, len(done.ended)) == (ada.id, 'ada', True, 0, 2)
-    assert done.summary() == 'authenticator app off, 0 passkeys removed, 2 sessions ended'
+    assert (done.clinician_id, done.username, done.app, done.passkeys, len(done.ended)) == (ada.id, 'ada', True, 1, 2)
+    assert done.summary() == 'authenticator app off, 1 passkey removed, 2 sessions ended'
     assert not (await database.run(lambda s: two_step.factors(s, ada.id))).any
     assert not (await verify(database, ada.id, code(secret, T0))).accepted
     assert not (await verify(database, ada.id, codes[0])).accepted

@@ -63,5 +63,5 @@ async def test_no_issuer_no_button(user: User) -> None:
     await create_first_account(user)
     await log_out(user)
     await user.should_see(kind=ui.button, content='Log in')
-    await user.should_not_see('Sign in with')
+    await user.should_not_see('Sign in with single sign-on')
     await user.should_not_see('Single sign-on')

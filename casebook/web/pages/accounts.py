@@ -14,6 +14,7 @@ from casebook.services.errors import CasebookError
 from casebook.web import auth, oidc, runtime
 from casebook.web.attempt import NotDone, attempt, database_page, record
 from casebook.web.components import duration, form_card, show_error
+from casebook.web.passkeys_ui import passkey_sign_in
 from casebook.web.two_step_ui import Pending, finish, required_setup, second_step
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ async def login_page() -> RedirectResponse | None:
         password.on('keydown.enter', submit)
         with first:
             ui.button('Log in', on_click=submit).classes('w-full')
+            passkey_sign_in(lambda c: auth.sign_in(c, tell, method='passkey'), tell, address=ui.context.client.ip or '')
             if runtime.current().settings.open_registration:
                 ui.link('Create an account', '/register').classes('text-sm')
             await oidc.login_section()

@@ -34,6 +34,7 @@ from casebook.web.pages.composer import Composer
 from casebook.web.pages.conversation_view import ConversationView
 from casebook.web.pages.search_panel import SearchPanel
 from casebook.web.pages.templates_ui import TemplatePicker
+from casebook.web.passkeys_ui import passkey_section
 from casebook.web.safeguards import IdleWatch, password_form, show_sessions
 from casebook.web.two_step_ui import two_step_section
 
@@ -243,6 +244,13 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
                 ui.button('Save', on_click=save)
             ui.separator()
             self._build_templates_section()
+            ui.separator()
+            passkey_section(
+                lambda: self.signed,
+                address=self.address,
+                still_signed_in=self._still_signed_in,
+                format_time=self.list.format,
+            )
             ui.separator()
             password_form(lambda: self.signed, address=self.address, still_signed_in=self._still_signed_in)
             ui.separator()
