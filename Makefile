@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install install-test run test test-fast lint format browser nginx prometheus axe clean
+.PHONY: install install-test run test test-fast lint format browser nginx prometheus axe oidc clean
 
 install: $(VENV)/.installed
 
@@ -60,16 +60,28 @@ nginx:
 prometheus:
 	@if [ ! -x /usr/bin/prometheus ]; then $(call apt_program,prometheus); fi
 
+define need_npm
+	if ! command -v npm >/dev/null 2>&1; then \
+		echo 'Installing npm for $(1) (apt-get)'; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; \
+	fi
+endef
+
 # axe-core for the accessibility tests, from the npm registry, at the version pinned in the lock file.
 AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
 axe: $(AXE)
 $(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json
-	@if ! command -v npm >/dev/null 2>&1; then \
-		echo 'Installing npm for axe-core (apt-get)'; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; \
-	fi
+	@$(call need_npm,axe-core)
 	cd tests/browser/axe && npm ci --no-audit --no-fund --silent
+	touch $@
+
+# The OpenID provider the single sign-on tests start (panva's oidc-provider, tests/oidc/provider.mjs), pinned likewise.
+OIDC := tests/oidc/node_modules/oidc-provider/package.json
+oidc: $(OIDC)
+$(OIDC): tests/oidc/package.json tests/oidc/package-lock.json
+	@$(call need_npm,oidc-provider)
+	cd tests/oidc && npm ci --no-audit --no-fund --silent
 	touch $@
 
 lint: install-test
@@ -80,7 +92,7 @@ format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install-test browser nginx prometheus axe lint
+test: install-test browser nginx prometheus axe oidc lint
 	$(BIN)/python -m pytest
 
 # Everything but the real-browser tests: for a quick run while working.

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument('--display-name', required=True)
     add.add_argument('--role', choices=['doctor', 'nurse', 'admin'], default='doctor')
     add.add_argument('--password-stdin', action='store_true', help='read the password from the first line of stdin')
+    add.add_argument(
+        '--sso', action='store_true', help='signs in only through the identity provider (single sign-on): no password'
+    )
     add.set_defaults(handler=_user_add)
     reset = user.add_parser(
         'reset-two-step', help="remove a clinician's authenticator app, recovery codes and passkeys; end their sessions"
@@ -291,11 +294,23 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int:
-    from casebook.services import accounts, audit
+    from casebook.services import accounts, audit, sso
 
-    password = _read_password(args.password_stdin)
+    if args.sso and args.password_stdin:
+        raise CommandError('--sso accounts have no password: leave out --password-stdin')
+    password = None if args.sso else _read_password(args.password_stdin)
 
     async def add(session):
+        if password is None:
+            return await sso.add_clinician(
+                session,
+                username=args.username,
+                display_name=args.display_name,
+                role=args.role,
+                audited=lambda new: audit.Entry(
+                    audit.ADMIN_ADD, actor=CLI_ACTOR, detail=f'{new.username} as {new.role} (single sign-on)'
+                ),
+            )
         return await accounts.add_clinician(
             session,
             username=args.username,
@@ -306,7 +321,8 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
         )
 
     clinician = _run_with_db(settings, add)
-    print(f'added {clinician.role} {clinician.username} ({clinician.display_name})')
+    how = ', single sign-on only' if args.sso else ''
+    print(f'added {clinician.role} {clinician.username} ({clinician.display_name}{how})')
     return 0
 
 

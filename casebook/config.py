@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     log_format: Literal['text', 'json'] = Field(
         'text', description='`json`: one JSON object per log line (for log shippers); `text`: readable lines.'
     )
+    # Single sign-on (OpenID Connect, casebook/web/oidc.py); unset issuer: off
+    oidc_issuer: str | None = Field(None, description='The identity provider (discovery at /.well-known/…).')
+    oidc_client_id: str | None = Field(None, description="Casebook's client id at the identity provider.")
+    oidc_client_secret: SecretStr | None = Field(None, description="Casebook's client secret at the provider.")
+    oidc_name: str = Field('single sign-on', max_length=60, description='The button says `Sign in with <name>`.')
+    oidc_username_claim: str = Field('preferred_username', description='The ID token claim naming the account.')
+    oidc_create_accounts: bool = Field(False, description='A first sign-in creates a doctor account.')
+    oidc_only: bool = Field(False, description='Password sign-in off, but for CASEBOOK_BREAK_GLASS_USER.')
+    oidc_timeout_seconds: float = Field(10, gt=0, le=120, description='Each request to the identity provider.')
+    oidc_leeway_seconds: int = Field(60, ge=0, le=600, description="Clock difference allowed with the provider's.")
+    break_glass_user: str | None = Field(None, description='With CASEBOOK_OIDC_ONLY: the one password account left.')
 
     @field_validator('public_url')
     @classmethod
@@ -86,6 +97,11 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         """The configured database, or SQLite inside the data dir."""
         return self.database_url or f'sqlite+aiosqlite:///{self.data_dir / "casebook.sqlite3"}'
+
+    @property
+    def base_url(self) -> str:
+        """Where browsers reach Casebook: CASEBOOK_PUBLIC_URL, or http://127.0.0.1:8080."""
+        return (self.public_url or 'http://127.0.0.1:8080').rstrip('/')
 
     @property
     def storage_path(self) -> Path:

@@ -55,6 +55,10 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         'CASEBOOK_METRICS_TOKEN',
         'CASEBOOK_LOG_FORMAT',
         'CASEBOOK_PUBLIC_URL',
+        'CASEBOOK_OIDC_ISSUER',
+        'CASEBOOK_OIDC_ONLY',
+        'CASEBOOK_OIDC_CREATE_ACCOUNTS',
+        'CASEBOOK_BREAK_GLASS_USER',
     ):
         monkeypatch.delenv(name, raising=False)
     return directory

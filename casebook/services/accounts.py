@@ -29,6 +29,9 @@ ROLES = ('doctor', 'nurse', 'admin')
 USERNAME_PATTERN = re.compile(r'[a-z0-9][a-z0-9._-]{1,63}')
 PASSWORD_MIN, PASSWORD_MAX = 12, 128
 DISPLAY_NAME_MAX = 100
+# The password hash of an account that signs in only through the identity provider (`casebook user add --sso`,
+# casebook/services/sso.py): not an argon2 hash, so no password verifies against it.
+NO_PASSWORD = '!sso'  # noqa: S105 (a marker that is never a hash)
 COMMON_PASSWORDS_FILE = Path(__file__).resolve().parent.parent / 'data' / 'common-passwords.txt'
 
 T = TypeVar('T')
@@ -177,7 +180,7 @@ async def create_first_account(
 ) -> ClinicianInfo:
     """Create the first account, an admin; refused once any account exists."""
     clinician = await _new_clinician(username=username, display_name=display_name, password=password, role='admin')
-    return await on(target)(lambda session: _store_sync(session, clinician, first=True, audited=audited))
+    return await on(target)(lambda session: store_sync(session, clinician, first=True, audited=audited))
 
 
 async def add_clinician(
@@ -191,10 +194,10 @@ async def add_clinician(
 ) -> ClinicianInfo:
     """Add a clinician (admins, the CLI); the first account ever also marks the install as set up."""
     clinician = await _new_clinician(username=username, display_name=display_name, password=password, role=role)
-    return await on(target)(lambda session: _store_sync(session, clinician, first=False, audited=audited))
+    return await on(target)(lambda session: store_sync(session, clinician, first=False, audited=audited))
 
 
-def _store_sync(session: Session, clinician: Clinician, *, first: bool, audited: Audited) -> ClinicianInfo:
+def store_sync(session: Session, clinician: Clinician, *, first: bool = False, audited: Audited) -> ClinicianInfo:
     """One unit of work: the account (and the installation's row when it is the first), its audit row, commit."""
     if first or session.scalar(select(func.count()).select_from(Installation)) == 0:
         session.add(Installation(id=1))  # two first visitors at once: the second insert of id 1 fails
@@ -264,6 +267,9 @@ async def verify_credentials(run: Runner, *, username: str, password: str) -> Ve
         await _verify(_dummy_hash(), password[:PASSWORD_MAX] if password else '')
         return None
     clinician, password_hash, disabled = found
+    if password_hash == NO_PASSWORD:  # signs in only through the identity provider; as slow as a wrong password
+        await _verify(_dummy_hash(), password[:PASSWORD_MAX] if password else '')
+        return None
     if not await _verify(password_hash, password) or disabled:
         return None
     if _hasher.check_needs_rehash(password_hash):

@@ -9,10 +9,8 @@ before login (session fixation) leads to nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,6 +29,7 @@ from casebook.services.sessions import SignedIn
 from casebook.web import runtime
 from casebook.web.attempt import NotDone, attempt
 from casebook.web.notebook import Notebook
+from casebook.web.onetime import OneTimeStore
 
 TICKET_SECONDS = 30
 SIGN_IN_NOT_SAVED = 'Could not sign you in just now: the database is busy. Please try again.'
@@ -50,41 +49,23 @@ class Tickets:
     finish a login another one started; in this process otherwise, and whenever Redis cannot be reached."""
 
     def __init__(self, redis: Any = None, *, prefix: str = 'casebook:') -> None:
-        self._redis = redis
-        self._prefix = f'{prefix}ticket:'
-        self._local: dict[str, tuple[Ticket, float]] = {}
+        self._store = OneTimeStore(redis, prefix=f'{prefix}ticket:', what='login ticket')
+
+    @property
+    def redis(self) -> Any:
+        """The Redis client behind these tickets (None: this process only); single sign-on keeps its state there too."""
+        return self._store.redis
 
     async def issue(self, ticket: Ticket) -> str:
         key = secrets.token_urlsafe(32)
-        if self._redis is not None:
-            try:
-                await self._redis.set(self._prefix + key, json.dumps(asdict(ticket)), ex=TICKET_SECONDS)
-                return key
-            except Exception as error:
-                log.warning('login ticket kept in this process: Redis unavailable (%s)', type(error).__name__)
-        now = time.monotonic()
-        for stale in [k for k, (_, expires) in self._local.items() if expires < now]:
-            del self._local[stale]
-        self._local[key] = (ticket, now + TICKET_SECONDS)
+        await self._store.put(key, asdict(ticket), TICKET_SECONDS)
         return key
 
     async def redeem(self, key: str) -> Ticket | None:
         """The ticket, once: it is gone afterwards. None when unknown, used or expired."""
-        if not key or len(key) > 64:
+        fields = await self._store.take(key) if key and len(key) <= 64 else None
+        if fields is None:
             return None
-        local = self._local.pop(key, None)
-        if local is not None:
-            return local[0] if local[1] >= time.monotonic() else None
-        if self._redis is None:
-            return None
-        try:
-            stored = await self._redis.getdel(self._prefix + key)
-        except Exception as error:
-            log.warning('login ticket not redeemed: Redis unavailable (%s)', type(error).__name__)
-            return None
-        if stored is None:
-            return None
-        fields = json.loads(stored)
         return Ticket(str(fields['token']), int(fields['clinician_id']), str(fields['browser_id']))
 
 
@@ -167,16 +148,21 @@ async def sign_in(
 async def finish_sign_in(request: Request, ticket: str = '') -> RedirectResponse:
     """Second step of signing in: a new storage identifier for this browser, holding the new session."""
     found = await runtime.current().tickets.redeem(ticket)
-    old_id = request.session.get('id')
-    if found is None or found.browser_id != old_id:
+    if found is None or found.browser_id != request.session.get('id'):
         return RedirectResponse('/login', status_code=303)
+    return await start_session(request, token=found.token, clinician_id=found.clinician_id)
+
+
+async def start_session(request: Request, *, token: str, clinician_id: int) -> RedirectResponse:
+    """In an HTTP request (so that a cookie can be set): a new storage identifier for this browser, holding the new
+    session `token`; the old identifier's notebook is emptied (session fixation leads to nothing). To the workspace."""
     old = app.storage.user
     new_id = str(uuid.uuid4())
     # NiceGUI creates a browser's storage when its first request arrives; this one must exist before the
     # cookie naming it is sent, so it is created here the same way (a private NiceGUI call).
     await app.storage._create_user_storage(new_id)
     fresh = Notebook(app.storage._users[new_id])
-    fresh.take_over(Notebook(old), token=found.token, clinician_id=found.clinician_id)
+    fresh.take_over(Notebook(old), token=token, clinician_id=clinician_id)
     old.clear()
     await _stored(app.storage._users[new_id])
     request.session['id'] = new_id  # the session middleware signs and sends the new cookie

@@ -22,11 +22,13 @@ DRAFTS = 'drafts'
 TIMEZONE = 'timezone'
 ENDED = 'ended'
 THEME = 'theme'
-KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE, ENDED, THEME}
+SSO_FAILED = 'sso_failed'  # why the last single sign-on failed: a reason code of casebook/web/oidc.py
+KEYS = {SESSION, CLINICIAN, PATIENT, DRAFTS, TIMEZONE, ENDED, THEME, SSO_FAILED}
 THEMES = ('auto', 'dark', 'light')  # auto: as the device is set
 ENDED_REASONS = ('idle', 'expired', 'ended-elsewhere', 'password-changed', 'disabled', 'two-step-reset')
 MAX_DRAFTS = 20  # drafts of this many patients at most; the oldest are dropped first
 TIMEZONE_PATTERN = re.compile(r'[A-Za-z0-9_+\-/]{1,64}')
+REASON_PATTERN = re.compile(r'[a-z-]{1,32}')
 
 
 class Notebook:
@@ -47,6 +49,7 @@ class Notebook:
             TIMEZONE: lambda v: isinstance(v, str) and TIMEZONE_PATTERN.fullmatch(v) is not None,
             ENDED: lambda v: v in ENDED_REASONS,
             THEME: lambda v: v in THEMES,
+            SSO_FAILED: lambda v: isinstance(v, str) and REASON_PATTERN.fullmatch(v) is not None,
         }
         for key, valid in checks.items():
             if key in self._storage and not valid(self._storage[key]):
@@ -89,6 +92,14 @@ class Notebook:
     def take_ended_reason(self) -> str | None:
         """Why the last session ended (once: it is forgotten when read)."""
         return self._storage.pop(ENDED, None)
+
+    def single_sign_on_failed(self, reason: str) -> None:
+        """Keep why a single sign-on failed, for the login page to say once."""
+        if REASON_PATTERN.fullmatch(reason):
+            self._storage[SSO_FAILED] = reason
+
+    def take_single_sign_on_failure(self) -> str | None:
+        return self._storage.pop(SSO_FAILED, None)
 
     @property
     def patient_id(self) -> str | None:

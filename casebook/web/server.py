@@ -13,7 +13,7 @@ from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub, RedisHub
 from casebook.services.throttle import SharedThrottle
-from casebook.web import auth, downloads, lifecycle, operations, runtime
+from casebook.web import auth, downloads, lifecycle, oidc, operations, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
@@ -58,6 +58,7 @@ def build(settings: Settings) -> None:
     migrate_blocking(settings.effective_database_url)  # before the first request can arrive
     database = Database.from_settings(settings)
     runtime.install(_shared_parts(settings, database))
+    oidc.install(settings, runtime.current().tickets.redis)
     app.on_shutdown(database.dispose)
     operations.install(app, settings)  # /healthz, /readyz, /metrics: outside the session and storage middleware
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)

@@ -79,6 +79,7 @@ def test_roles(monkeypatch, database):
         (['b c', '--display-name', 'Bob', '--password-stdin'], PASSWORD, 'Username'),
         (['bob', '--display-name', '  ', '--password-stdin'], PASSWORD, 'Display name'),
         (['bob', '--display-name', 'Bob'], '', 'no terminal'),
+        (['bob', '--display-name', 'Bob', '--sso', '--password-stdin'], PASSWORD, '--sso accounts have no password'),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_non_zero(monkeypatch, capsys, args, stdin, message):
@@ -86,6 +87,23 @@ def test_bad_input_is_one_line_on_stderr_and_non_zero(monkeypatch, capsys, args,
     err = capsys.readouterr().err
     assert message in err
     assert err.count('\n') == 1 and err.startswith('casebook: ')
+
+
+def test_an_account_for_single_sign_on_has_no_password_that_works(monkeypatch, database, capsys):
+    assert run(monkeypatch, 'user', 'add', 'Carol', '--display-name', 'Dr. Carol', '--role', 'nurse', '--sso') == 0
+    assert 'added nurse carol (Dr. Carol, single sign-on only)' in capsys.readouterr().out
+    assert clinician(database, 'carol').role == 'nurse'
+
+    async def sign_in(password: str) -> accounts.ClinicianInfo | None:
+        db = Database(database.url)
+        try:
+            async with db.session() as session:
+                return await accounts.authenticate(session, username='carol', password=password)
+        finally:
+            await db.dispose()
+
+    for attempt in (PASSWORD, '', '!sso'):
+        assert asyncio.run(sign_in(attempt)) is None
 
 
 def test_a_taken_username_is_refused(monkeypatch, database, capsys):

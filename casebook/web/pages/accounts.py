@@ -11,7 +11,7 @@ from nicegui import ui
 from casebook import metrics
 from casebook.services import accounts, audit, two_step
 from casebook.services.errors import CasebookError
-from casebook.web import auth, runtime
+from casebook.web import auth, oidc, runtime
 from casebook.web.attempt import NotDone, attempt, database_page, record
 from casebook.web.components import duration, form_card, show_error
 from casebook.web.passkeys_ui import passkey_sign_in
@@ -142,7 +142,7 @@ async def login_page() -> RedirectResponse | None:
             )
             if isinstance(verified, NotDone):
                 return
-            if verified is None:
+            if verified is None or not oidc.password_allowed(rt.settings, verified.clinician.username):
                 metrics.sign_in('failed')
                 await rt.throttle.failed(attempted, address)
                 await record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
@@ -178,6 +178,7 @@ async def login_page() -> RedirectResponse | None:
             passkey_sign_in(lambda c: auth.sign_in(c, tell, method='passkey'), tell, address=ui.context.client.ip or '')
             if runtime.current().settings.open_registration:
                 ui.link('Create an account', '/register').classes('text-sm')
+            await oidc.login_section()
     return None
 
 

@@ -25,7 +25,7 @@ from casebook.services import accounts, conversations, sessions
 from casebook.services.conversations import ConversationInfo
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
-from casebook.web import auth, lifecycle, runtime
+from casebook.web import auth, lifecycle, oidc, runtime
 from casebook.web.attempt import NOT_DONE, UNREACHABLE, NotDone, attempt, database_page
 from casebook.web.components import heading, theme_switch
 from casebook.web.message_list import SCROLL_JS, MessageList
@@ -96,6 +96,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
     def __init__(self, signed: SignedIn, token: str, book: Notebook) -> None:
         self.signed = signed
         self.token = token  # this tab acts for this session only, whatever later sign-ins do to the notebook
+        self.exit = '/login'  # where the tab goes when its session ends (Log out: maybe the provider's logout page)
         self.book = book
         self.client = ui.context.client
         self.conversation: ConversationInfo | None = None
@@ -201,6 +202,9 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
             ui.download.from_url(f'/export/{self.conversation.patient_id}/{fmt}')
 
     async def log_out(self) -> None:
+        # signed in through the identity provider: its end-session page next, so the next clinician at this
+        # computer does not walk straight back in (it sends the browser back to /login)
+        self.exit = await oidc.end_session_url(self.token) or '/login'
         try:
             await auth.sign_out(self.token, clinician_id=self.clinician.id, reason='manual', address=self.address)
         except DATABASE_ERRORS:
@@ -208,7 +212,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
             log.warning('session not ended on the server: the database could not be reached')
             if self._owns_notebook():
                 self.book.sign_out()
-        ui.navigate.to('/login')
+        ui.navigate.to(self.exit)
 
     # ----- the profile ------------------------------------------------------------------------------
 
@@ -330,7 +334,7 @@ class Workspace(Composer, ConversationView, SearchPanel, TemplatePicker):
         self.unsubscribe()
         if not self.client.is_deleted:
             with self.client:
-                ui.navigate.to('/login')
+                ui.navigate.to(self.exit)
 
     async def _on_sessions(self, event: SessionsEnded | Resync) -> None:
         if isinstance(event, Resync):  # a logoff may have been missed: ask the database
