@@ -92,8 +92,12 @@ format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Two workers (the machine CI runs on has two cores); each takes whole test files, so a file's servers and
+# fixtures stay in one process. TEST_WORKERS=0 runs everything in this process, one test after another.
+TEST_WORKERS ?= 2
+
 test: install-test browser nginx prometheus axe oidc lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Everything but the real-browser tests: for a quick run while working.
 test-fast: install-test
