@@ -60,7 +60,14 @@ REASONS = {
     'unknown-account': 'Single sign-on failed: there is no Casebook account for you; ask an administrator.',
     'disabled': 'Single sign-on failed: your Casebook account is disabled.',
     'database': 'Single sign-on failed: the database is busy. Please try again.',
+    'throttled': 'Single sign-on: too many failed sign-ins from this address. Please wait a little and try again.',
 }
+# Failures that say something about the one signing in (a forged or replayed answer, an unknown or disabled
+# account) count towards the login throttle, per address, like wrong passwords; the provider being away does not.
+COUNTED = frozenset(
+    {'state', 'code', 'expired', 'audience', 'signature', 'token', 'username', 'unknown-account', 'disabled'}
+)
+ACTOR = '(single sign-on)'  # the audit trail's name for a sign-on not yet tied to an account
 
 
 class Failed(Exception):
@@ -160,6 +167,8 @@ class SingleSignOn:
     # ----- the flow --------------------------------------------------------------------------------------
 
     async def start(self, request: Request) -> RedirectResponse:
+        if await _throttled(request):
+            return await _failed(request, Failed('throttled'))
         found = await self.discover()
         browser_id = request.session.get('id')
         if found is None or not browser_id:
@@ -185,6 +194,8 @@ class SingleSignOn:
 
     async def callback(self, request: Request) -> RedirectResponse:
         params = request.query_params
+        if await _throttled(request):
+            return await _failed(request, Failed('throttled'))
         try:
             stored = await self.store.take(f'flow:{params.get("state", "")}')
             if stored is None or stored.get('browser_id') != request.session.get('id'):
@@ -310,14 +321,36 @@ async def _signed_in(request: Request, username: str, name: str, id_token: str, 
         max_age = rt.settings.session_max_hours * 3600
         await sign_on.store.put(f'id-token:{_digest(token)}', {'id_token': id_token}, max_age)
     metrics.sign_in('ok')
+    await rt.throttle.succeeded(_throttle_key(_address(request)))
     return await auth.start_session(request, token=token, clinician_id=clinician_id)
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ''
+
+
+def _throttle_key(address: str) -> str:
+    """Single sign-on failures are counted per address (the throttle's per-account count keyed by it): whoever
+    forges answers from one address slows down there, not everyone's single sign-on."""
+    return f'{ACTOR} {address}'
+
+
+async def _throttled(request: Request) -> bool:
+    address = _address(request)
+    return await runtime.current().throttle.wait_seconds(_throttle_key(address), address) > 0
+
+
 async def _failed(request: Request, failure: Failed) -> RedirectResponse:
-    metrics.sign_in('failed')
-    address = request.client.host if request.client else ''
-    actor = failure.username[:64] if failure.username else '(single sign-on)'
-    await record(audit.Entry(audit.SIGN_IN_FAILED, None, actor, None, address, f'oidc: {failure.reason}'))
+    address = _address(request)
+    actor = failure.username[:64] if failure.username else ACTOR
+    if failure.reason == 'throttled':
+        metrics.sign_in('throttled')
+        await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, actor, None, address, 'oidc'))
+    else:
+        metrics.sign_in('failed')
+        if failure.reason in COUNTED:
+            await runtime.current().throttle.failed(_throttle_key(address), address)
+        await record(audit.Entry(audit.SIGN_IN_FAILED, None, actor, None, address, f'oidc: {failure.reason}'))
     auth.notebook().single_sign_on_failed(failure.reason)
     return RedirectResponse('/login', status_code=303)
 

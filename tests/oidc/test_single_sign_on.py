@@ -120,6 +120,32 @@ def test_a_state_is_accepted_once_and_only_as_issued(visitor: Visitor, casebook:
         other.close()
 
 
+def test_forged_answers_from_one_address_are_throttled_there_only(visitor: Visitor, casebook: Server) -> None:
+    """Forged callbacks count like wrong passwords, per address: a few are free, then that address waits, and
+    says so; a clinician at another address signs in as ever."""
+    assert visitor.get('/login').status_code == 200
+    refused = 0
+    for attempt in range(6):
+        forged = visitor.get('/auth/oidc/callback?' + urlencode({'code': 'made-up', 'state': f'forged-{attempt}'}))
+        assert forged.headers['location'] == '/login'
+        page = visitor.login_page()
+        if 'too many failed sign-ins from this address' in page:
+            break
+        assert 'the sign-in link was used already' in page
+        refused += 1
+    else:
+        raise AssertionError('six forged answers from one address and it was never slowed down')
+    assert 1 <= refused <= 4
+    start = visitor.get('/auth/oidc/start')  # the way to the provider is closed for now too
+    assert start.headers['location'] == '/login' and 'too many failed sign-ins' in visitor.login_page()
+    assert ('(single sign-on)', 'oidc') in audit_rows(casebook.data_dir, 'sign-in-throttled')
+    elsewhere = Visitor(casebook.base_url)
+    try:
+        assert elsewhere.callback(elsewhere.provider_login('ada')).headers['location'] == '/'
+    finally:
+        elsewhere.close()
+
+
 def test_a_refusal_by_the_provider_is_said(visitor: Visitor, casebook: Server) -> None:
     """The clinician cancelled at the provider: it answers with an error and the state, no code."""
     assert visitor.get('/login').status_code == 200
