@@ -1,12 +1,14 @@
 """In a real browser, against a real OpenID provider (tests/oidc/provider.mjs): `Sign in with Hospital account`, the
 provider's own login form, the workspace under the provider's name for the clinician; a reload stays signed in; Log
 out goes through the provider's end-session page back to Casebook's login page, and the next sign-in asks the
-provider's login form again (the next clinician at a shared computer does not walk straight back in)."""
+provider's login form again (the next clinician at a shared computer does not walk straight back in). A clinician
+the provider knows but Casebook has no account for, or a disabled account, ends on the login page with the reason."""
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,3 +66,25 @@ def test_sign_in_through_the_provider_reload_and_log_out_through_it(server: Serv
 
     assert audit_rows(server.data_dir, 'sign-in') == [('ada', 'oidc')]
     assert audit_rows(server.data_dir, 'logoff') == [('ada', 'manual')]
+
+    # whatever the provider says: no Casebook account (and none created: CASEBOOK_OIDC_CREATE_ACCOUNTS is off),
+    # or a disabled one, ends on the login page with the reason, signed in nowhere
+    server.casebook('user', 'add', 'disabled', '--display-name', 'Disabled', '--sso')
+    with sqlite3.connect(server.data_dir / 'casebook.sqlite3') as db:
+        db.execute("UPDATE clinicians SET disabled = 1 WHERE username = 'disabled'")
+    for login, reason in (
+        ('grace', 'Single sign-on failed: there is no Casebook account for you; ask an administrator.'),
+        ('disabled', 'Single sign-on failed: your Casebook account is disabled.'),
+    ):
+        refused = new_visitor()
+        refused.goto('/login')
+        provider_login(refused.page, login)
+        expect(refused.page.get_by_text(reason)).to_be_visible()
+        expect(refused.page.get_by_role('button', name='Log in')).to_be_visible()
+        refused.goto('/')
+        expect(refused.page).to_have_url(re.compile(r'/login$'))
+    assert [detail for _, detail in audit_rows(server.data_dir, 'sign-in-failed')] == [
+        'oidc: unknown-account',
+        'oidc: disabled',
+    ]
+    assert audit_rows(server.data_dir, 'sign-in') == [('ada', 'oidc')]
