@@ -2,7 +2,8 @@
 provider's own login form, the workspace under the provider's name for the clinician; a reload stays signed in; Log
 out goes through the provider's end-session page back to Casebook's login page, and the next sign-in asks the
 provider's login form again (the next clinician at a shared computer does not walk straight back in). A clinician
-the provider knows but Casebook has no account for, or a disabled account, ends on the login page with the reason."""
+the provider knows but Casebook has no account for, or a disabled account, ends on the login page with the reason;
+a single sign-on session left alone is logged off by Casebook's idle limit."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
     """Casebook and the provider, each told the other's address before either starts."""
     provider = Provider(tmp_path / 'provider.log', OIDC_KEYS=json.dumps([signing_key('first')]))
     running = Server(tmp_path / 'data', tmp_path / 'server.log')
-    running.extra_env = casebook_env(provider, running.base_url)
+    # idle logoff after 15 s (the warning 7.5 s before): a single sign-on session idles out like any other
+    running.extra_env = casebook_env(provider, running.base_url, CASEBOOK_IDLE_TIMEOUT_MINUTES='0.25')
     provider.start(redirect_uris=[running.base_url + '/auth/oidc/callback'], logout_uris=[running.base_url + '/login'])
     try:
         running.start()
@@ -88,3 +90,14 @@ def test_sign_in_through_the_provider_reload_and_log_out_through_it(server: Serv
         'oidc: disabled',
     ]
     assert audit_rows(server.data_dir, 'sign-in') == [('ada', 'oidc')]
+
+    # left alone, a single sign-on session is logged off by Casebook like a password one
+    idle = new_visitor()
+    idle.goto('/login')
+    provider_login(idle.page, 'ada')
+    expect(idle.header).to_have_text('User: Dr. Ada Lovelace | Patient: (not set)')
+    expect(idle.page.get_by_text('You were logged off after 15 seconds without activity.')).to_be_visible(
+        timeout=30_000
+    )
+    assert audit_rows(server.data_dir, 'logoff') == [('ada', 'manual'), ('ada', 'idle')]
+    assert audit_rows(server.data_dir, 'sign-in') == [('ada', 'oidc'), ('ada', 'oidc')]
