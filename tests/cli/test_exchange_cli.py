@@ -17,6 +17,7 @@ import pytest
 from casebook import cli
 from casebook.db import Database
 from tests.conftest import add_clinician
+from tests.fhir_support import assert_valid_bundle
 
 CASEBOOK = Path(sys.executable).parent / 'casebook'
 ID = '0b7c1a52-2a8e-4c39-9d6b-0f2a7e1c9b11'
@@ -71,7 +72,7 @@ def test_import_then_export_in_every_format(ada, conversation_file, capsys):
     assert cli.main(['import', str(conversation_file), '--user', 'ada']) == 0
     assert capsys.readouterr().out.startswith('imported 2 messages')  # only the one with an id was there already
     assert cli.main(['export', '--user', 'ada', '--patient', 'PAT123', '--format', 'fhir']) == 0
-    assert json.loads(capsys.readouterr().out)['resourceType'] == 'Bundle'
+    assert_valid_bundle(json.loads(capsys.readouterr().out))  # with the correction in inResponseTo
     assert cli.main(['export', '--user', 'ada', '--patient', 'PAT123', '--format', 'markdown']) == 0
     assert '> Temp 38.4 🙂' in capsys.readouterr().out
 
