@@ -503,7 +503,7 @@ def _bar(stream: IO[str], phase: str, total: int, unit: str):
         unit_scale=unit == 'B',  # 1.91M/2.60MB; rows are counted one by one
         unit_divisor=1024,
         mininterval=0.1,
-        dynamic_ncols=True,
+        nrows=2,  # one bar at a time: a terminal that tells no size (0 rows) would otherwise hide it
     )
 
 
