@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import IO, BinaryIO, TypeVar
 
 from casebook.config import Settings, load_settings
 from casebook.services.errors import CasebookError
@@ -201,9 +201,9 @@ def _tell_who_must_set_up_two_step(usernames: tuple[str, ...]) -> None:
 
 
 @contextmanager
-def _progress_bar() -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar's update on a terminal (closed on the way out), else None."""
-    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+def _progress_bar(unit: str = ' rows') -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar's update on a terminal (closed on the way out), else None: nothing is drawn into a file."""
+    bar = _ProgressBar(sys.stderr, unit) if sys.stderr.isatty() else None
     try:
         yield bar.update if bar else None
     finally:
@@ -382,14 +382,11 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         source = args.file.open('rb')
     except OSError as error:
         raise CommandError(f'cannot read {args.file}: {error.strerror}') from error
-    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
 
     async def load(session):
         clinician = await _clinician(session, args.user)
         try:
-            result = await exchange.import_conversation(
-                session, clinician=clinician, source=source, progress=bar.update if bar else None
-            )
+            result = await exchange.import_conversation(session, clinician=clinician, source=source, progress=progress)
         except CasebookError as error:  # the file's fault: say which file
             raise CommandError(f'{args.file}: {error}') from error
         detail = f'{result.imported} messages for {clinician.username}'
@@ -397,12 +394,8 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         await audit.record_now(session, entry)
         return result
 
-    try:
-        with source:
-            result = _run_with_db(settings, load)
-    finally:
-        if bar is not None:
-            bar.close()
+    with source, _progress_bar('B') as progress:  # the import counts the file's bytes
+        result = _run_with_db(settings, load)
     print(f'imported {result.imported} messages (patient {result.patient_id})')
     return 0
 
@@ -474,27 +467,44 @@ def _one_line(text: str) -> str:
 
 
 class _ProgressBar:
-    """`checking  [#########           ]  45%` redrawn in place, and only when the figure changes."""
+    """tqdm's bar, one line per phase (`checking`, then `importing` or `restoring`) left on the screen when done:
+    `restoring:  45%|████▌     | 4512/10027 [00:03<00:04, 1311.02 rows/s]`: share, count, elapsed, remaining, rate."""
 
-    WIDTH = 30
-
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: IO[str], unit: str) -> None:
         self.stream = stream
-        self.shown: tuple[str, int] | None = None
+        self.unit = unit
+        self.bar = None
+        self.phase: str | None = None
 
     def update(self, phase: str, done: int, total: int) -> None:
-        percent = done * 100 // total if total else 100
-        if (phase, percent) == self.shown:
-            return
-        self.shown = (phase, percent)
-        filled = percent * self.WIDTH // 100
-        self.stream.write(f'\r{phase:<9} [{"#" * filled}{" " * (self.WIDTH - filled)}] {percent:3d}%')
-        self.stream.flush()
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = _bar(self.stream, phase, total, self.unit)
+        self.bar.update(done - self.bar.n)  # tqdm redraws at most ten times a second
 
     def close(self) -> None:
-        if self.shown is not None:
-            self.stream.write('\n')
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()  # the final figures, and a newline
+            self.bar = None
+
+
+def _bar(stream: IO[str], phase: str, total: int, unit: str):
+    from tqdm import tqdm  # only on a terminal: every other run of the command does without it
+
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: the phases report often enough
+
+    return Bar(
+        total=total,
+        desc=phase,
+        file=stream,
+        unit=unit,
+        unit_scale=unit == 'B',  # 1.91M/2.60MB; rows are counted one by one
+        unit_divisor=1024,
+        mininterval=0.1,
+        nrows=2,  # one bar at a time: a terminal that tells no size (0 rows) would otherwise hide it
+    )
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:

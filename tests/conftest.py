@@ -8,6 +8,7 @@ variants fail; CASEBOOK_TEST_POSTGRES=0 skips them instead, and says so in the h
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -135,6 +136,17 @@ async def add_clinician(
         return await accounts.add_clinician(
             session, username=username, role=role, password=PASSWORD, display_name=display_name or username.capitalize()
         )
+
+
+class Terminal(io.StringIO):
+    """sys.stderr as a terminal: the commands draw their progress bars only there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+# tqdm's bar as the commands draw it: `phase: 100%|##########| 7/7 [00:00<00:00, 1234.56 rows/s]` (elapsed<remaining)
+FINISHED_BAR = r'\r{phase}: 100%\|#+\| [\d.]+\w?/[\d.]+\w? \[\d\d:\d\d<\d\d:\d\d, [\d.]+ ?\w*{unit}/s\]\n'
 
 
 def _like_a_browser(user):

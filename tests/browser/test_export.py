@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import PASSWORD
+from tests.fhir_support import assert_valid_bundle
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +33,7 @@ def test_export_downloads_and_guessed_urls_reveal_nothing(server, new_visitor, a
     assert native['format'] == 'casebook.conversation.v1' and native['patient_id'] == 'PAT123'
     assert [m['text'] for m in native['messages']] == ['Mild fever for 3 days', '<b>not bold</b>']
     bundle = json.loads(downloaded['fhir'])
-    assert bundle['resourceType'] == 'Bundle'
+    assert_valid_bundle(bundle)
     assert sum(e['resource']['resourceType'] == 'Communication' for e in bundle['entry']) == 2
     assert 'Mild fever for 3 days' in downloaded['markdown']
 

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -32,7 +33,7 @@ from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
 from casebook.services import accounts, backup, conversations, passkeys, templates, two_step
 from tests.browser_support import CASEBOOK, casebook_env
-from tests.conftest import PASSWORD, add_clinician
+from tests.conftest import FINISHED_BAR, PASSWORD, Terminal, add_clinician
 
 TABLES = [table.name for table in backup.TABLES]
 TEXTS = [
@@ -276,6 +277,23 @@ def test_check_shows_what_a_file_holds_and_writes_nothing(fresh, casebook, tmp_p
     assert out.startswith(f'{file} is whole: {held}')
     assert 'audit trail intact: 15 rows' in out
     assert not make_url(target).database or not Path(make_url(target).database).exists()
+
+
+def test_backup_and_restore_draw_a_bar_on_a_terminal_only(fresh, casebook, tmp_path, monkeypatch):
+    source = fresh('sqlite', 'source')
+    seed(source)
+    file = tmp_path / 'clinic.cbk'
+    assert casebook(source, 'backup', '-o', str(file))[2] == ''  # not a terminal: nothing drawn
+    terminal = Terminal()
+    monkeypatch.setattr('sys.stderr', terminal)
+    backup_to(casebook, source, tmp_path / 'again.cbk')
+    assert casebook(fresh('sqlite', 'checked'), 'restore', '--check', str(file))[0] == 0
+    assert casebook(fresh('sqlite', 'target'), 'restore', str(file))[0] == 0
+    drawn = terminal.getvalue()  # a bar per phase, left on its own line with its rate, elapsed and remaining time
+    phases = ['backing up', 'checking', 'checking', 'restoring']
+    assert [line.split(':')[0] for line in drawn.split('\n')[:-1]] == [f'\r{phase}' for phase in phases], drawn
+    finished = re.findall(FINISHED_BAR.format(phase='([^\\r:]*)', unit=' rows'), drawn)
+    assert finished == phases and drawn.endswith('\n'), drawn
 
 
 def test_backup_of_a_missing_database_is_refused(casebook, tmp_path):

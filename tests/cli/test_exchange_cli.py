@@ -4,9 +4,9 @@ in a fresh data dir, or PostgreSQL; the command finds it through CASEBOOK_DATABA
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -16,7 +16,8 @@ import pytest
 
 from casebook import cli
 from casebook.db import Database
-from tests.conftest import add_clinician
+from tests.conftest import FINISHED_BAR, Terminal, add_clinician
+from tests.fhir_support import assert_valid_bundle
 
 CASEBOOK = Path(sys.executable).parent / 'casebook'
 ID = '0b7c1a52-2a8e-4c39-9d6b-0f2a7e1c9b11'
@@ -71,7 +72,7 @@ def test_import_then_export_in_every_format(ada, conversation_file, capsys):
     assert cli.main(['import', str(conversation_file), '--user', 'ada']) == 0
     assert capsys.readouterr().out.startswith('imported 2 messages')  # only the one with an id was there already
     assert cli.main(['export', '--user', 'ada', '--patient', 'PAT123', '--format', 'fhir']) == 0
-    assert json.loads(capsys.readouterr().out)['resourceType'] == 'Bundle'
+    assert_valid_bundle(json.loads(capsys.readouterr().out))  # with the correction in inResponseTo
     assert cli.main(['export', '--user', 'ada', '--patient', 'PAT123', '--format', 'markdown']) == 0
     assert '> Temp 38.4 🙂' in capsys.readouterr().out
 
@@ -128,19 +129,17 @@ def test_a_malformed_file_names_itself_and_imports_nothing(ada, tmp_path, capsys
     assert cli.main(['export', '--user', 'ada', '--patient', 'PAT123']) == 2  # not even the conversation exists
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 def test_a_progress_bar_on_a_terminal_only(ada, conversation_file, monkeypatch, capsys):
     assert cli.main(['import', str(conversation_file), '--user', 'ada']) == 0
     assert capsys.readouterr().err == ''
     terminal = Terminal()
     monkeypatch.setattr('sys.stderr', terminal)
     assert cli.main(['import', str(conversation_file), '--user', 'ada']) == 0
-    drawn = terminal.getvalue()
-    assert '\rchecking  [' in drawn and '\rimporting [' + '#' * 30 + '] 100%' in drawn and drawn.endswith('\n')
+    drawn = terminal.getvalue()  # a bar per phase, left on its own line with its rate, elapsed and remaining time
+    assert [line.split(':')[0] for line in drawn.split('\n')[:-1]] == ['\rchecking', '\rimporting'], drawn
+    for phase in ('checking', 'importing'):
+        assert re.search(FINISHED_BAR.format(phase=phase, unit='B'), drawn), drawn
+    assert drawn.endswith('\n') and '?B/s' in drawn  # the first draw, before any rate is known
 
 
 def test_the_installed_commands(ada, data_dir, conversation_file, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -9,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from casebook.db import Database
@@ -16,6 +18,7 @@ from casebook.models import Conversation, EnteredInError, Message
 from casebook.services import conversations, exchange
 from casebook.services.errors import InvalidInput, NotFound
 from tests.conftest import add_clinician
+from tests.fhir_support import assert_valid_bundle
 
 TEXTS = [
     'Mild fever for 3 days',
@@ -264,6 +267,40 @@ async def test_fhir_bundle(database):
     assert [c.get('inResponseTo') for c in communications] == [None] * 4 + [[{'reference': urls[2]}]]
     assert 'note' in communications[4] and all('note' not in c for c in communications[:4])
     assert all(re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z', c['sent']) for c in communications)
+    # the same bundle as an independent FHIR library reads it: the correction and the message in error included
+    parsed = [entry.resource for entry in assert_valid_bundle(bundle).entry[2:]]
+    assert [c.status for c in parsed] == ['completed', 'entered-in-error'] + ['completed'] * 3
+    assert [[r.reference for r in c.inResponseTo or []] for c in parsed] == [[]] * 4 + [[urls[2]]]
+
+
+def urn() -> str:
+    return f'urn:uuid:{uuid.uuid4()}'
+
+
+def broken(bundle: dict, change) -> dict:
+    broken = copy.deepcopy(bundle)
+    change(broken['entry'][-1]['resource'])
+    return broken
+
+
+@pytest.mark.parametrize(
+    ('change', 'refusal'),
+    [  # the library's own reading of FHIR, then the two rules it leaves to us (a required code, a bundle's references)
+        pytest.param(lambda c: c.update(reason='unknown to FHIR'), ValidationError, id='a field FHIR does not know'),
+        pytest.param(lambda c: c.update(sent='24 Nov 2026 09:00'), ValidationError, id='sent not a dateTime'),
+        pytest.param(lambda c: c.update(payload=[{}]), ValidationError, id='a payload without its content'),
+        pytest.param(lambda c: c.update(inResponseTo={'reference': urn()}), ValidationError, id='not a list'),
+        pytest.param(lambda c: c.update(status='done'), AssertionError, id='a status outside EventStatus'),
+        pytest.param(lambda c: c.update(inResponseTo=[{'reference': urn()}]), AssertionError, id='dangling'),
+    ],
+)
+async def test_the_fhir_check_refuses_a_broken_bundle(database, change, refusal):
+    """The check is not vacuous: one broken field in an otherwise valid export fails it."""
+    ada = await clinical_story(database)
+    bundle = json.loads(await export(database, ada, 'fhir'))
+    assert_valid_bundle(bundle)
+    with pytest.raises(refusal):
+        assert_valid_bundle(broken(bundle, change))
 
 
 # ---------------------------------------------------------------------------------------------------- Markdown
