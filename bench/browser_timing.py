@@ -13,6 +13,10 @@ The baseline (bench/baseline_lesson.py) is measured the same way at its own size
     .venv/bin/python bench/browser_timing.py --sizes 0 100000 --baseline-sizes 1000 --sends 30
     .venv/bin/python bench/browser_timing.py --profile 100000         # py-spy on the server during the sends
     .venv/bin/python bench/browser_timing.py --sizes 0 1000000 --baseline-sizes --lines 3   # 3-line messages
+
+A timed send that a reload of the page interrupts has no timing and is left out of the medians; every row
+counts them (`sends_with_page_reload`, `sends_lost` of `sends_timed`), the table marks its median, and the run
+exits non-zero when there was any, or when a size failed.
 """
 
 from __future__ import annotations
@@ -215,6 +219,26 @@ def _timed(results: list[dict], key: str = 'shown') -> list[float]:
     return [r[key] for r in results if r.get(key) is not None]
 
 
+def _interrupted(results: list[dict]) -> dict[str, int]:
+    """Timed sends a reload of the page cut short: they have no timing, so the medians leave them out; counted
+    here so that a run reports them (bench/run_all.py treats any as a problem) instead of a flattering median."""
+    return {
+        'sends_timed': len(results),
+        'sends_with_page_reload': sum(bool(r.get('page_reloaded')) for r in results),
+        'sends_lost': sum(bool(r.get('lost')) for r in results),
+    }
+
+
+def interruptions(results: dict) -> list[str]:
+    """Every row of a run whose timed sends a page reload interrupted, said in a line."""
+    return [
+        f'{row["app"]} at {row["messages"]:,}: {row["sends_with_page_reload"]} of {row["sends_timed"]} timed sends '
+        f'interrupted by a page reload, left out of the median ({row["sends_lost"]} never shown)'
+        for row in results.get('floor', []) + results.get('casebook', []) + results.get('baseline', [])
+        if row.get('sends_with_page_reload')
+    ]
+
+
 # ----- Casebook -----------------------------------------------------------------------------------------------
 
 
@@ -331,6 +355,7 @@ def measure_casebook(
             result['send_update_to_dom_ms'] = summary(_timed(timed, 'rendered'))
             result['send_samples_ms'] = [round(t['shown'], 2) if t['shown'] is not None else None for t in timed]
             result['sends_per_second'] = round(sends / wall, 2)
+            result.update(_interrupted(timed))
             result['per_message'] = after.per_message(before, sends)
             result['memory_mib'] = after.memory
             if info.newest_text:
@@ -387,8 +412,7 @@ def measure_baseline(browser, messages: int, *, sends: int) -> dict:
             result['per_message'] = after.per_message(before, sends)
             result['memory_mib'] = after.memory
             result['storage_file_bytes'] = dir_bytes(storage)
-            result['sends_with_page_reload'] = sum(bool(t.get('page_reloaded')) for t in timed)
-            result['sends_lost'] = sum(bool(t.get('lost')) for t in timed)
+            result.update(_interrupted(timed))
         finally:
             context.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -427,6 +451,7 @@ def measure_floor(browser, *, sends: int, shown: tuple[int, ...] = (0, 50)) -> l
                         'send_until_update_arrives_ms': summary(_timed(timed, 'arrived')),
                         'send_update_to_dom_ms': summary(_timed(timed, 'rendered')),
                         'send_samples_ms': [round(t['shown'], 2) for t in timed if t['shown'] is not None],
+                        **_interrupted(timed),
                     }
                 )
                 log(f'floor with {count} labels: send median {results[-1]["send_ms"]["median"]} ms')
@@ -547,8 +572,11 @@ def table(results: dict) -> str:
         load = row.get('load_average_before', ['?'])[0]
         arrives = row.get('send_until_update_arrives_ms', {}).get('median', '–')
         renders = row.get('send_update_to_dom_ms', {}).get('median', '–')
+        median = row['send_ms'].get('median', '–')
+        if row.get('sends_with_page_reload'):
+            median = f'{median} (without {row["sends_with_page_reload"]} of {row["sends_timed"]}: page reloaded)'
         lines.append(
-            f'| {row["app"]} | {row["messages"]:,} | {row["send_ms"]["median"]} | {row["send_ms"]["p95"]} '
+            f'| {row["app"]} | {row["messages"]:,} | {median} | {row["send_ms"].get("p95", "–")} '
             f'| {arrives} | {renders} '
             f'| {opened} | {reload} | {memory.get("VmRSS")} ({memory.get("VmHWM")}) '
             f'| {per.get("write_bytes")} | {per.get("wchar")} '
@@ -557,7 +585,7 @@ def table(results: dict) -> str:
     return '\n'.join(lines)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', type=int, nargs='*', default=DEFAULT_SIZES)
     parser.add_argument('--baseline-sizes', type=int, nargs='*', default=DEFAULT_BASELINE_SIZES)
@@ -585,6 +613,7 @@ def main() -> None:
         floor_shown=args.floor_shown,
         lines=args.lines,
     )
+    results['interrupted'] = interruptions(results)
     path = write_result(args.name, results)
     print(table(results))
     print(f'\nresults: {path}')
@@ -592,7 +621,13 @@ def main() -> None:
         for key in ('profile', 'trace'):
             if row.get(key):
                 print(f'{key} at {row["messages"]:,}:', json.dumps(row[key], indent=1))
+    rows = results['casebook'] + results['baseline']
+    failed = [f'{row["app"]} at {row["messages"]:,}: {row["error"]}' for row in rows if 'error' in row]
+    if results['interrupted'] or failed:
+        print('\nPROBLEMS:', *results['interrupted'], *failed, sep='\n')
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

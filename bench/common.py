@@ -186,6 +186,20 @@ async def postgres_admin(statement: str) -> None:
         await engine.dispose()
 
 
+def default_limits():
+    """How long a session lives when nothing is configured (CASEBOOK_SESSION_MAX_HOURS, …_IDLE_TIMEOUT_MINUTES)."""
+    from datetime import timedelta
+
+    from casebook.config import Settings
+    from casebook.services.sessions import Limits
+
+    fields = Settings.model_fields
+    return Limits(
+        max_age=timedelta(hours=fields['session_max_hours'].default),
+        idle=timedelta(minutes=fields['idle_timeout_minutes'].default),
+    )
+
+
 # ----- servers ---------------------------------------------------------------------------------------------
 
 

@@ -90,9 +90,10 @@ async def _prepare(
     *,
     database_url: str | None = None,
     write_storage: Callable[[str, dict], Awaitable[None]] | None = None,
+    role: str = 'doctor',
 ) -> list[Account]:
-    """`count` clinicians (and with `preset` a live session each, with the browser storage a login leaves):
-    in the data dir's SQLite and storage files, or in `database_url` with `write_storage(id, storage)`."""
+    """`count` clinicians of `role` (and with `preset` a live session each, with the browser storage a login
+    leaves): in the data dir's SQLite and storage files, or in `database_url` with `write_storage(id, storage)`."""
     import itsdangerous
 
     from casebook.config import Settings
@@ -116,7 +117,7 @@ async def _prepare(
                 Clinician(
                     username=f'load-{i:04d}',
                     display_name=f'Dr Load {i}',
-                    role='doctor',
+                    role=role,
                     password_hash=password_hash,
                     disabled=False,
                 )

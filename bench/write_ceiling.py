@@ -1,13 +1,20 @@
 """How many sends per second one PostgreSQL database takes, with every send's audit row chained to the last.
 
-Every send is one transaction: touch the conversation, insert the message, append the audit row (which locks
-the chain's one head row until the commit). That head row is the one thing all instances of a cluster queue
-on, so this is the ceiling of a whole cluster's write rate on one database, whatever the number of instances.
+Every send is one unit of work, as the app's composer runs it (`Composer._post` through
+`Workspace._for_this_session`): re-check the tab's session (`sessions.resolve_sync`: look it up with its
+clinician, and touch its last-seen time when that is older than the touch interval), then touch the
+conversation, insert the message, append the audit row (which locks the chain's one head row until the
+commit). That head row is the one thing all instances of a cluster queue on, so this is the ceiling of a
+whole cluster's write rate on one database, whatever the number of instances.
 
-Each writer is a process of its own (no interpreter shared between writers), with its own clinician and
-conversation, sending as fast as it can through the same service function the app uses
-(`conversations.post_message_sync`). For each writer count: sends per second, latency of one send, and how
-often a writer found the chain's lock taken. Against a fresh database that is dropped afterwards.
+Each writer is a process of its own (no interpreter shared between writers), with its own clinician, signed-in
+session and conversation, sending as fast as it can through the same service functions the app uses. Only
+sends that finished within the measured seconds are counted (a send under way at the stop is left out, and
+its count reported as `sends_finished_after_stop`). For each writer count: sends per second, latency of one
+send, and how often a writer found the chain's lock taken. Against a fresh database that is dropped afterwards.
+
+Before 4 December 2026 the sends left out the session check and counted the sends finished after the stop
+(docs/scaling.md says which figures were measured that way).
 
     .venv/bin/python bench/write_ceiling.py --writers 1 2 4 8 16 --duration 15
     .venv/bin/python bench/write_ceiling.py --writers 2 --duration 3        # smoke
@@ -31,12 +38,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from bench.common import load_average, log, machine, postgres_admin, summary, write_result
+from bench.common import default_limits, load_average, log, machine, postgres_admin, summary, write_result
 from casebook.db import Database
-from casebook.services import accounts, conversations
+from casebook.services import accounts, conversations, sessions
 
 
-async def _prepare(url: str, writers: int) -> list[tuple[accounts.ClinicianInfo, int]]:
+async def _prepare(url: str, writers: int) -> list[tuple[str, int, int]]:
+    """A clinician, a signed-in session and a conversation per writer: (session token, clinician id, conversation)."""
     database = Database(url)
     try:
         await database.migrate()
@@ -46,36 +54,55 @@ async def _prepare(url: str, writers: int) -> list[tuple[accounts.ClinicianInfo,
                 clinician = await accounts.add_clinician(
                     session, username=f'writer{n}', display_name=f'Writer {n}', password=secrets.token_urlsafe(12)
                 )
+                token = await sessions.start(
+                    session, clinician_id=clinician.id, address='127.0.0.1', username=clinician.username
+                )
                 conversation = await conversations.open_conversation(
                     session, clinician=clinician, patient_id=f'PAT{n:05d}'
                 )
-                prepared.append((clinician, conversation.id))
+                prepared.append((token, clinician.id, conversation.id))
         return prepared
     finally:
         await database.dispose()
 
 
-def _writer(url: str, clinician, conversation_id: int, start_at: float, stop_at: float, results) -> None:
+def _send(session: Session, token: str, clinician_id: int, conversation_id: int, text: str, limits) -> None:
+    """One send as the app's composer makes it: the tab's session re-checked, then the message, in one unit."""
+    signed = sessions.resolve_sync(session, token, max_age=limits.max_age, idle=limits.idle)
+    if signed is None or signed.clinician.id != clinician_id:
+        raise RuntimeError("the writer's session was refused: the send would have gone to the login page")
+    conversations.post_message_sync(
+        session,
+        clinician=signed.clinician,
+        conversation_id=conversation_id,
+        client_id=str(uuid.uuid4()),
+        text=text,
+        patient_id='PAT',
+        address='127.0.0.1',
+    )
+
+
+def _writer(url: str, token: str, clinician_id: int, conversation_id: int, start_at: float, stop_at: float, results):
+    """Sends until `stop_at`; puts (latencies of the sends finished by then, sends finished after it) or an error."""
     engine = create_engine(make_url(url).set(drivername='postgresql+psycopg'), pool_size=1, max_overflow=0)
-    latencies, sequence = [], 0
-    outcome: list[float] | str = latencies
+    limits = default_limits()
+    latencies, late, sequence = [], 0, 0
+    outcome: tuple[list[float], int] | str
     try:
         while time.time() < start_at:
             time.sleep(0.01)
         while time.time() < stop_at:
             started = time.perf_counter()
             with Session(engine, expire_on_commit=False) as session:
-                conversations.post_message_sync(
-                    session,
-                    clinician=clinician,
-                    conversation_id=conversation_id,
-                    client_id=str(uuid.uuid4()),
-                    text=f'note {sequence} from {clinician.username}',
-                    patient_id='PAT',
-                    address='127.0.0.1',
+                _send(
+                    session, token, clinician_id, conversation_id, f'note {sequence} from writer {clinician_id}', limits
                 )
-            latencies.append((time.perf_counter() - started) * 1000)
+            if time.time() > stop_at:  # under way at the stop: not within the measured seconds
+                late += 1
+            else:
+                latencies.append((time.perf_counter() - started) * 1000)
             sequence += 1
+        outcome = (latencies, late)
     except Exception as error:  # reported to the parent, which stops the run with it
         outcome = f'{type(error).__name__}: {error}'
     finally:
@@ -112,8 +139,7 @@ def run_once(writers: int, duration: float) -> dict:
         start_at = time.time() + 3  # every process started and connected before the clock runs
         stop_at = start_at + duration
         processes = [
-            context.Process(target=_writer, args=(url, clinician, conversation_id, start_at, stop_at, results))
-            for clinician, conversation_id in prepared
+            context.Process(target=_writer, args=(url, *writer, start_at, stop_at, results)) for writer in prepared
         ]
         for process in processes:
             process.start()
@@ -127,11 +153,13 @@ def run_once(writers: int, duration: float) -> dict:
         failures = [outcome for outcome in outcomes if isinstance(outcome, str)]
         if failures:
             raise RuntimeError(f'{len(failures)} writers failed, the first: {failures[0]}')
-        latencies = [value for outcome in outcomes for value in outcome]
+        latencies = [value for outcome in outcomes for value in outcome[0]]
         result = {
             'writers': writers,
             'duration_s': duration,
+            'method': 'session re-check and message in one transaction; only sends finished before the stop',
             'sends': len(latencies),
+            'sends_finished_after_stop': sum(outcome[1] for outcome in outcomes),
             'sends_per_second': round(len(latencies) / duration, 1),
             'send_ms': summary(latencies),
             'writers_waiting_on_a_lock_mean': round(waiting / max(samples, 1), 2),
