@@ -10,6 +10,7 @@ before login (session fixation) leads to nothing.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import uuid
 from collections.abc import Callable
@@ -23,11 +24,12 @@ from nicegui.persistence.persistent_dict import PersistentDict
 from nicegui.persistence.redis_persistent_dict import RedisPersistentDict
 from nicegui.persistence.serialization import dumps
 
+from casebook import metrics
 from casebook.live import SessionsEnded
-from casebook.services import accounts, sessions
+from casebook.services import accounts, audit, sessions
 from casebook.services.sessions import SignedIn
 from casebook.web import runtime
-from casebook.web.attempt import NotDone, attempt
+from casebook.web.attempt import NotDone, attempt, record
 from casebook.web.notebook import Notebook
 from casebook.web.onetime import OneTimeStore
 
@@ -108,6 +110,31 @@ async def needs_first_account() -> bool:
     async with rt.database.session() as session:
         rt.installed = not await accounts.needs_first_account(session)
     return not rt.installed
+
+
+async def throttled(
+    attempted: str, address: str, tell: Callable[[str], object], *, key: str | None = None, detail: str = ''
+) -> bool:
+    """True while this account (counted under `key`, else `attempted`) or this address must wait after too many
+    failed sign-ins: the attempt is counted and audited and the one signing in told how long, whether or not the
+    audit row could be written. Every way of signing in asks this first (password, code, passkey)."""
+    wait = await runtime.current().throttle.wait_seconds(key or attempted, address)
+    if wait <= 0:
+        return False
+    metrics.sign_in('throttled')
+    await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address, detail))
+    tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
+    return True
+
+
+async def refused(
+    attempted: str, address: str, *, key: str | None = None, actor_id: int | None = None, detail: str = ''
+) -> None:
+    """A failed sign-in (wrong password, code or passkey): counted towards the throttle (under `key`, else
+    `attempted`, and the address) and audited. Telling the one signing in is the caller's part."""
+    metrics.sign_in('failed')
+    await runtime.current().throttle.failed(key or attempted, address)
+    await record(audit.Entry(audit.SIGN_IN_FAILED, actor_id, attempted, None, address, detail))
 
 
 async def sign_in(

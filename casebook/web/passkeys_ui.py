@@ -11,7 +11,6 @@ passkeys work instead of offering a prompt that cannot succeed.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,11 +21,11 @@ from sqlalchemy.orm import Session
 
 from casebook import metrics
 from casebook.models import Clinician
-from casebook.services import accounts, audit, passkeys
+from casebook.services import accounts, passkeys
 from casebook.services.errors import InvalidInput
 from casebook.services.sessions import SignedIn
-from casebook.web import runtime
-from casebook.web.attempt import NotDone, attempt, record
+from casebook.web import auth, runtime
+from casebook.web.attempt import NotDone, attempt
 from casebook.web.components import heading
 
 # Sent with a page's first ceremony rather than as a <script> in the page: the Profile dialog is built after the page
@@ -265,11 +264,7 @@ def passkey_sign_in(
         if ids == []:  # an empty allow list would let the browser offer any passkey of this site
             tell('You have no passkey here yet: add one on your Profile after signing in.')
             return
-        wait = await rt.throttle.wait_seconds(throttled_as, address)
-        if wait > 0:
-            metrics.sign_in('throttled')
-            await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address, 'passkey'))
-            tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
+        if await auth.throttled(attempted, address, tell, key=throttled_as, detail='passkey'):
             return
         options, challenge = passkeys.authentication_options(rp, credential_ids=ids)
         answer = await _ask_browser('get', options)
@@ -289,9 +284,7 @@ def passkey_sign_in(
         if isinstance(clinician, NotDone):
             return
         if clinician is None:
-            metrics.sign_in('failed')
-            await rt.throttle.failed(throttled_as, address)
-            await record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address, 'passkey'))
+            await auth.refused(attempted, address, key=throttled_as, detail='passkey')
             tell(NOT_ACCEPTED)
             return
         await rt.throttle.succeeded(throttled_as)

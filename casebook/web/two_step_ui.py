@@ -10,7 +10,6 @@ step. A pending sign-in expires after `PENDING_SECONDS`; a reload forgets it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -237,7 +236,7 @@ async def _turn_off(me: accounts.ClinicianInfo, password: str, code: str, *, add
     """Off only with the password and a current code (or a recovery code); a wrong one counts towards the sign-in
     throttle and is audited, and is told in one wording whichever was wrong."""
     rt = runtime.current()
-    if await _throttled(me.username, address, tell):
+    if await auth.throttled(me.username, address, tell):
         return False
     verified = await attempt(
         lambda: accounts.verify_credentials(rt.database.run, username=me.username, password=password or ''),
@@ -268,17 +267,6 @@ async def _turn_off(me: accounts.ClinicianInfo, password: str, code: str, *, add
         what='turning off two-step sign-in',
     )
     return not isinstance(done, NotDone)
-
-
-async def _throttled(attempted: str, address: str, tell: Callable[[str], object]) -> bool:
-    """True (and the clinician told, the attempt audited) while this account or address must wait."""
-    wait = await runtime.current().throttle.wait_seconds(attempted, address)
-    if wait <= 0:
-        return False
-    metrics.sign_in('throttled')
-    await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address))
-    tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
-    return True
 
 
 # ----- the sign-in ---------------------------------------------------------------------------------------------
@@ -329,7 +317,7 @@ def second_step(
             return
         box = recovery if recovery.visible else code
         typed = box.value if isinstance(box.value, str) else ''
-        if await _throttled(pending.attempted, pending.address, tell):
+        if await auth.throttled(pending.attempted, pending.address, tell):
             return
         clinician_id, key, address = pending.clinician.id, _key(), pending.address
         checked = await attempt(
@@ -341,11 +329,8 @@ def second_step(
         if isinstance(checked, NotDone):
             return
         if not checked.accepted:
-            metrics.sign_in('failed')
-            await rt.throttle.failed(pending.attempted, address)
             kind = 'recovery code' if box is recovery else 'code'
-            entry = audit.Entry(audit.SIGN_IN_FAILED, clinician_id, pending.attempted, None, address, f'{kind} refused')
-            await record(entry)
+            await auth.refused(pending.attempted, address, actor_id=clinician_id, detail=f'{kind} refused')
             box.value = ''
             tell(checked.message)
             return
@@ -375,11 +360,12 @@ def second_step(
     switch.set_visibility(factors.app)
     if factors.passkeys:
 
-        async def with_passkey(clinician: accounts.ClinicianInfo) -> None:
+        async def with_passkey(clinician: accounts.ClinicianInfo) -> bool:
+            """The session begins (passkey_sign_in has counted the success: throttle and metric)."""
             if pending.expired:
                 restart(TOO_SLOW)
-                return
-            await finish(pending, tell, 'password+passkey')
+                return False
+            return await auth.sign_in(pending.clinician, tell, pending.rehash, method='password+passkey')
 
         passkey_sign_in(with_passkey, tell, address=pending.address, clinician_id=pending.clinician.id)
     ui.button('Start again', on_click=lambda: restart('')).props('flat no-caps')

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
-from casebook import metrics
 from casebook.services import accounts, audit, two_step
 from casebook.services.errors import CasebookError
 from casebook.web import auth, oidc, runtime
-from casebook.web.attempt import NotDone, attempt, database_page, record
+from casebook.web.attempt import NotDone, attempt, database_page
 from casebook.web.components import duration, form_card, show_error
 from casebook.web.passkeys_ui import passkey_sign_in
 from casebook.web.two_step_ui import Pending, finish, required_setup, second_step
@@ -128,11 +126,7 @@ async def login_page() -> RedirectResponse | None:
             address = ui.context.client.ip or ''
             name = username.value if isinstance(username.value, str) else ''
             attempted = _attempted_username(name)
-            wait = await rt.throttle.wait_seconds(attempted, address)
-            if wait > 0:  # told why, whether or not the audit row could be written
-                metrics.sign_in('throttled')
-                await record(audit.Entry(audit.SIGN_IN_THROTTLED, None, attempted, None, address))
-                tell(f'Too many attempts. Please wait {math.ceil(wait)} seconds and try again.')
+            if await auth.throttled(attempted, address, tell):
                 return
             verified = await attempt(
                 lambda: accounts.verify_credentials(rt.database.run, username=name, password=password.value),
@@ -143,9 +137,7 @@ async def login_page() -> RedirectResponse | None:
             if isinstance(verified, NotDone):
                 return
             if verified is None or not oidc.password_allowed(rt.settings, verified.clinician.username):
-                metrics.sign_in('failed')
-                await rt.throttle.failed(attempted, address)
-                await record(audit.Entry(audit.SIGN_IN_FAILED, None, attempted, None, address))
+                await auth.refused(attempted, address)
                 password.value = ''
                 tell('Username or password is incorrect.')
                 return
