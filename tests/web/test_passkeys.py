@@ -42,6 +42,18 @@ def browser(user: User) -> list[Browser]:
     return answers
 
 
+async def ada_with_a_passkey_signed_out(user: User) -> Authenticator:
+    """The first account, ada, with a passkey `Phone` on this authenticator, at the login page."""
+    await create_first_account(user)
+    database = runtime.current().database
+    ada = await database.run(lambda s: s.scalar(select(Clinician.id).where(Clinician.username == 'ada')))
+    phone = Authenticator()
+    await register(database, ada, phone, 'Phone')
+    user.find(kind=ui.button, content='Log out').click()
+    await user.should_see('Your notebook is private to you.')
+    return phone
+
+
 async def use_a_passkey(user: User) -> None:
     user.find(kind=ui.button, content='Sign in with a passkey').click()
     await handlers_done('passkey_sign_in.<locals>.use')
@@ -56,13 +68,7 @@ async def audit_rows() -> list[tuple[str, str, str]]:
 async def test_a_passkey_signs_in_refusals_count_like_wrong_passwords_and_a_cancelled_prompt_does_not(
     public_url, user: User
 ) -> None:
-    await create_first_account(user)
-    database = runtime.current().database
-    ada = await database.run(lambda s: s.scalar(select(Clinician.id).where(Clinician.username == 'ada')))
-    phone = Authenticator()
-    await register(database, ada, phone, 'Phone')
-    user.find(kind=ui.button, content='Log out').click()
-    await user.should_see('Log in')
+    phone = await ada_with_a_passkey_signed_out(user)
     answers = browser(user)
     before = await audit_rows()
 
@@ -177,13 +183,7 @@ async def test_the_second_step_of_a_password_sign_in_takes_only_that_clinicians_
 
 async def test_a_password_sign_in_of_a_clinician_with_a_passkey_ends_with_it(public_url, user: User) -> None:
     """The login page's second step for a clinician whose second factor is a passkey: no session before it."""
-    await create_first_account(user)
-    database = runtime.current().database
-    ada = await database.run(lambda s: s.scalar(select(Clinician.id).where(Clinician.username == 'ada')))
-    phone = Authenticator()
-    await register(database, ada, phone, 'Phone')
-    user.find(kind=ui.button, content='Log out').click()
-    await user.should_see('Your notebook is private to you.')
+    phone = await ada_with_a_passkey_signed_out(user)
     await log_in(user, 'ada')
     await user.should_see('Use your passkey to finish signing in.')
     page = await user.http_client.get('/', follow_redirects=False)
