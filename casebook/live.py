@@ -175,6 +175,11 @@ def decode_stamped(data: str | bytes) -> tuple[str, Event, float | None]:
     return str(body['origin']), event, float(at) if isinstance(at, int | float) else None
 
 
+def channel_prefix(prefix: str) -> str:
+    """The start of every live-event channel under Casebook's Redis key prefix (a channel is this + a topic)."""
+    return f'{prefix}live:'
+
+
 class RedisHub(LocalHub):
     """`LocalHub` plus Redis pub/sub: events reach the subscribers on every instance.
 
@@ -198,7 +203,7 @@ class RedisHub(LocalHub):
         """`redis`: the redis.asyncio client the instance shares (its owner closes it)."""
         super().__init__()
         self.redis = redis
-        self._channel_prefix = f'{prefix}live:'
+        self._channel_prefix = channel_prefix(prefix)
         self.origin = uuid.uuid4().hex  # this instance
         self._outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._dropped: set[str] = set()  # topics whose events did not reach Redis: resynced when it is back
