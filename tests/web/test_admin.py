@@ -56,23 +56,64 @@ async def test_non_admins_and_strangers_are_turned_away(user: User) -> None:
 
 
 async def test_an_admin_demoted_meanwhile_can_do_nothing_more(user: User) -> None:
+    """Ada's admin page stays open after Carol takes her role away: every action on it is refused, none leaves a
+    trace, and the audit log shows nothing it did not show before (each action is checked at the time it runs)."""
     await create_first_account(user)
     await add('bob', 'Dr. Bob')
     await add('carol', 'Dr. Carol', role='admin')
     await user.open('/admin')
     await user.should_see('Add a clinician')
+    page = user.client
+    table = user.find(kind=ui.table).elements.pop()
+    shown_before = [row['action'] for row in table.rows]
     async with runtime.current().database.session() as session:  # Carol takes Ada's admin role away
         carol = await accounts.find_by_username(session, 'carol')
         ada = await accounts.find_by_username(session, 'ada')
         await accounts.change_role(session, admin=carol, clinician_id=ada.id, role='doctor')
         await session.commit()
     bob_token = await session_of('bob')
-    user.find(kind=ui.button, content='Disable').click()  # Ada's page is still open: the first Disable is Bob's
-    await handlers_done('AdminPage._show_clinicians.<locals>.<lambda>')  # handled, whatever it did
+    trail_before = await actions()
+
+    def on_page(kind: type, label: str, nth: int = 0) -> ui.element:
+        """An element of Ada's stale admin page (the refusals navigate away from it; its elements stay)."""
+        found = [
+            e
+            for e in page.elements.values()
+            if isinstance(e, kind) and label in (getattr(e, 'text', None), e.props.get('label'))
+        ]
+        return found[nth]
+
+    async def act(element: ui.element, how: str = 'click', value: object = None) -> None:
+        user.client = page
+        interaction = UserInteraction(user, {element}, None)
+        if how == 'click':
+            interaction.click()
+        else:
+            element.value = value  # a select's choice: on_change runs its handler
+        await handlers_done('AdminPage')  # handled, whatever it did
+
+    await act(on_page(ui.button, 'Disable'))  # the first Disable is Bob's (list order: ada, bob, carol)
+    await act(on_page(ui.select, 'Role', nth=1), 'choose', 'admin')  # Bob made an admin
+    await act(on_page(ui.button, 'Reset password', nth=1))  # would open the dialog for Bob
+    await act(on_page(ui.button, 'Reset two-step sign-in', nth=1))  # likewise
+    for label, text in (('Username', 'dave'), ('Display name', 'Dr. Dave'), ('Password', PASSWORD)):
+        on_page(ui.input, label).value = text
+    await act(on_page(ui.button, 'Add clinician'))
+    on_page(ui.select, 'Action').value = 'admin-change-role'  # Carol's change, not shown to Ada before
+    await act(on_page(ui.button, 'Show'))
+    await act(on_page(ui.button, 'Older entries'))
+    await act(on_page(ui.button, 'Download CSV'))
+
+    assert not [e for e in page.elements.values() if isinstance(e, ui.dialog)], 'a dialog was opened'
+    assert [row['action'] for row in table.rows] == shown_before
     assert await alive(bob_token)
     async with runtime.current().database.session() as session:
         assert await accounts.authenticate(session, username='bob', password=PASSWORD) is not None
-    assert 'admin-disable' not in await actions()
+        assert (await accounts.find_by_username(session, 'bob')).role == 'doctor'
+        assert await accounts.find_by_username(session, 'dave') is None
+    assert await actions() == trail_before
+    user.client = page
+    assert (await user.http_client.get('/admin/audit.csv')).status_code == 403
 
 
 async def test_add_disable_reset_and_change_role(user: User) -> None:

@@ -103,7 +103,7 @@ class AdminPage:
                 self.older = ui.button('Older entries', on_click=self._older).props('flat no-caps')
         await self._show_activity()
         await self._show_clinicians()
-        await self._show_audit()
+        await self._show_audit(checked=True)
 
     async def _still_admin(self) -> bool:
         """Every action: still signed in, and still an admin."""
@@ -421,8 +421,9 @@ class AdminPage:
             'until': until + timedelta(days=1) if until else None,
         }
 
-    async def _show_audit(self, *, older: bool = False) -> None:
-        if older and not await self._still_admin():
+    async def _show_audit(self, *, older: bool = False, checked: bool = False) -> None:
+        """`checked`: the page was just built for an admin; every other call checks that they still are one."""
+        if not checked and not await self._still_admin():
             return
         filters = self._filters()
         if filters is None:
