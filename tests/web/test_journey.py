@@ -232,10 +232,29 @@ async def test_first_run_refusals_are_explained(user: User) -> None:
 
 
 async def test_signed_out_pages_redirect(user: User) -> None:
-    await user.open('/')
-    await user.should_see('Create the first account')
-    await user.open('/login')
-    await user.should_see('Create the first account')
+    """Every page and download: before the first account, to its set-up; after it, signed out, to the login."""
+    pages = ('/', '/login', '/setup', '/register', '/admin')
+    downloads = ('/export/PAT1/json', '/export/PAT1/fhir', '/export/PAT1/markdown', '/admin/audit.csv')
+    for path in pages:
+        await user.open(path)
+        await user.should_see('Create the first account')
+        await user.should_not_see('Patient ID')
+    for path in downloads:
+        assert (await user.http_client.get(path)).status_code == 401, path
+    await create_first_account(user)
+    await open_patient(user, 'PAT1')
+    user.find(kind=ui.button, content='Log out').click()
+    await user.should_see('Log in')
+    for path in pages:
+        await user.open(path)
+        await user.should_see('Log in')
+        await user.should_not_see('Create the first account')
+        await user.should_not_see('Patient ID')
+        await user.should_not_see('Audit log')
+    for path in downloads:
+        response = await user.http_client.get(path)
+        assert response.status_code == 401, path
+        assert 'PAT1' not in response.text and 'sign-in' not in response.text
 
 
 async def test_display_name_can_be_changed(user: User) -> None:
