@@ -26,6 +26,13 @@ CHROMIUM_ARGS = [
     '--disable-sync',
     '--no-first-run',
 ]
+# What a page logs while its server is gone: the socket's failed connections and polls, refused or reset requests,
+# nginx answering for an instance that is down.
+CONNECTION_ERROR = re.compile(
+    r"WebSocket connection to '[^']*/_nicegui_ws/socket\.io/[^']*' failed"
+    r'|Failed to load resource: net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|EMPTY_RESPONSE|CONNECTION_CLOSED)'
+    r'|Failed to load resource: the server responded with a status of 50[234]'
+)
 CASEBOOK = Path(sys.executable).parent / 'casebook'  # the console script installed next to this interpreter
 EXPECT_TIMEOUT_MS = 10_000
 
@@ -159,8 +166,13 @@ class Visitor:
         expect(self.composer).to_have_value('')
 
     def forget_console_errors(self) -> None:
-        """Connection errors while the server is deliberately down are expected; forget them."""
+        """Forget every console error so far (a test that provokes errors of its own and checks them otherwise)."""
         self.console_errors.clear()
+
+    def forget_connection_errors(self) -> None:
+        """Forget the console errors of a server that went away deliberately (the socket failing to reach it, a
+        gateway error from nginx meanwhile); any other error stays, for `assert_clean`."""
+        self.console_errors = [error for error in self.console_errors if not CONNECTION_ERROR.search(error)]
 
     def assert_clean(self) -> None:
         assert not self.dialogs, f'dialogs were opened: {self.dialogs}'

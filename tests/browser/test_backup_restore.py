@@ -30,7 +30,7 @@ def test_a_restored_data_dir_brings_the_notebook_back(server, new_visitor, tmp_p
     assert 'audit trail intact' in casebook(server, 'restore', str(file))
     server.start()
 
-    me.forget_console_errors()
+    me.forget_connection_errors()
     me.goto('/')
     expect(me.page.get_by_role('button', name='Log in')).to_be_visible()  # sessions are not restored
     again = new_visitor()

@@ -162,7 +162,7 @@ def test_server_restart_keeps_session_header_conversation_and_draft(server, new_
         if 'ERR_ABORTED' not in str(error):
             raise
         me.page.wait_for_load_state()
-    me.forget_console_errors()  # the page saw its server go away; those connection errors are expected
+    me.forget_connection_errors()  # the page saw its server go away; those connection errors are expected
 
     expect(me.header).to_have_text(f'User: {ALICE_NAME} | Patient: PAT123')
     expect(me.page).not_to_have_url(re.compile(r'/login'))  # still signed in

@@ -54,7 +54,7 @@ def test_a_tab_on_a_killed_instance_carries_on_on_the_other(cluster, new_visitor
     visitor.page.evaluate('window.casebookBeforeTheCrash = true')  # gone once the page has reloaded
 
     running.kill(victim)
-    visitor.forget_console_errors()  # the socket's connection errors while it finds the other instance
+    visitor.forget_connection_errors()  # the socket's connection errors while it finds the other instance
     # The socket reconnects through nginx, lands on the survivor, which does not know the page: it reloads.
     visitor.page.wait_for_function('window.casebookBeforeTheCrash === undefined', timeout=20_000)
     expect(visitor.header).to_have_text('User: Dr Ada | Patient: PAT-9', timeout=20_000)
@@ -63,7 +63,7 @@ def test_a_tab_on_a_killed_instance_carries_on_on_the_other(cluster, new_visitor
         expect(visitor.message(note)).to_have_count(1)
     visitor.send('After the crash: still here')
     assert _serving_instance(running) != victim
-    visitor.forget_console_errors()
+    visitor.forget_connection_errors()
     visitor.assert_clean()
 
 

@@ -274,7 +274,7 @@ def test_a_tab_of_a_stopped_instance_reloads_on_the_other_with_its_draft(cluster
 
     exit_line = _sigterm_instance(running, victim)
     assert 'exited with status 0' in exit_line, f'{exit_line}\n{running.report()[-6000:]}'
-    visitor.forget_console_errors()  # the socket's connection errors while it finds the other instance
+    visitor.forget_connection_errors()  # the socket's connection errors while it finds the other instance
     visitor.page.wait_for_function('window.casebookBeforeTheStop === undefined', timeout=20_000)
     expect(visitor.header).to_have_text('User: Dr Ada | Patient: PAT-7', timeout=20_000)
     expect(visitor.composer).to_have_value(draft)
@@ -282,7 +282,7 @@ def test_a_tab_of_a_stopped_instance_reloads_on_the_other_with_its_draft(cluster
     visitor.page.wait_for_function('window.did_handshake === true && window.socket.connected', timeout=20_000)
     visitor.send('After the stop')
     assert _serving_instance(running) != victim
-    visitor.forget_console_errors()
+    visitor.forget_connection_errors()
     visitor.assert_clean()
 
 
