@@ -7,6 +7,7 @@ context is a separate browser with its own cookies — a second computer or a pr
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
@@ -393,9 +394,13 @@ def test_text_typed_as_the_page_appears_is_not_replaced_by_the_stored_draft(serv
 
     # Delay the server's socket.io events to the page (the connection itself is made at once), as a slow
     # network would, until the clinician has typed into the box that is already on screen; then deliver
-    # them in order (NiceGUI drops messages that arrive out of order).
+    # them in order (NiceGUI drops messages that arrive out of order). The page counts the frames it receives,
+    # so the test waits for them to be handled instead of for a time.
+    typed = 'what the clinician typed just now'
     held: list[str] = []
     sockets: list = []
+    to_page = {'frames': 0}
+    to_server: list[str] = []
     released = {'yes': False}  # the handlers run on this thread, inside Playwright calls
 
     def route(ws) -> None:
@@ -406,22 +411,42 @@ def test_text_typed_as_the_page_appears_is_not_replaced_by_the_stored_draft(serv
             if not released['yes'] and isinstance(message, str) and message.startswith('42'):
                 held.append(message)
             else:
+                to_page['frames'] += 1
                 ws.send(message)
 
-        upstream.on_message(from_server)
+        def from_page(message) -> None:
+            to_server.append(message if isinstance(message, str) else '')
+            upstream.send(message)
 
+        upstream.on_message(from_server)
+        ws.on_message(from_page)
+
+    def until(condition: Callable[[], bool], what: str) -> None:
+        for _ in range(500):  # 10 s
+            if condition():
+                return
+            page.wait_for_timeout(20)
+        raise AssertionError(f'timed out waiting until {what}')
+
+    page.add_init_script(
+        'window.casebookFrames = 0; const NativeSocket = window.WebSocket;'
+        'window.WebSocket = class extends NativeSocket { constructor(...args) { super(...args);'
+        ' this.addEventListener("message", () => { window.casebookFrames += 1; }); } };'
+    )
     page.route_web_socket(re.compile(r'/_nicegui_ws/'), route)
     page.reload()
     expect(me.composer).to_have_value('stale draft from before')
     page.wait_for_function('() => window.did_handshake === true')  # connected: typed text now goes straight out
-    me.composer.fill('what the clinician typed just now')
-    page.wait_for_timeout(300)  # the typed value reaches the server
+    assert len(sockets) == 1, 'the page socket did not go through the delaying route'
+    me.composer.fill(typed)
+    until(lambda: any(typed in message for message in to_server), 'the typed value went to the server')
     released['yes'] = True
     for message in held:  # the delayed messages arrive, in order
+        to_page['frames'] += 1
         sockets[-1].send(message)
-    page.wait_for_timeout(300)  # they are handled
+    page.wait_for_function(f'() => window.casebookFrames >= {to_page["frames"]}')  # every frame reached the page
 
-    assert me.composer.input_value() == 'what the clinician typed just now', 'the typed text was replaced'
+    assert me.composer.input_value() == typed, 'the typed text was replaced'
     page.get_by_role('button', name='Send').click()
     expect(me.messages).to_have_count(1)
     expect(me.messages.first).to_contain_text('what the clinician typed just now')
