@@ -3,54 +3,46 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from support import (  # noqa: F401 (the benchmarks take these from here, with what only they need)
+    CASEBOOK,
+    CHROMIUM,
+    PASSWORD,
+    ROOT,
+    Server,
+    casebook_serve,
+    clean_env,
+    free_port,
+    http_get,
+    launch_chromium,
+    terminate,
+)
+
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
 CACHE = BENCH / '.cache'
 WORK = CACHE / 'work'  # throw-away copies of seeded data dirs, one per server run
 RESULTS = BENCH / 'results'
 VENV_BIN = Path(sys.executable).parent
-CASEBOOK = VENV_BIN / 'casebook'
-
-CHROMIUM = Path('/usr/bin/chromium')
-CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-]
 
 USERNAME = 'bench'
 DISPLAY_NAME = 'Dr Bench Marker'
-PASSWORD = 'marks on a chart are not secrets 42'  # noqa: S105 (the benchmark accounts' password; not containing the username)
-STARTUP_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 
 
 def log(*parts: object) -> None:
     print(time.strftime('%H:%M:%S'), *parts, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def load_average() -> list[float]:
@@ -71,18 +63,6 @@ def machine() -> dict:
         'python': sys.version.split()[0],
         'load_average_at_start': load_average(),
     }
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for the app and its CLI: nothing from CASEBOOK_*, NICEGUI_* or PYTEST_* but what is given.
-
-    PYTEST_CURRENT_TEST would make `ui.run` believe it runs under pytest; NICEGUI_STORAGE_PATH would move storage.
-    """
-    prefixes = ('CASEBOOK_', 'NICEGUI_', 'PYTEST_')
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env['PYTHONUNBUFFERED'] = '1'
-    env.update(extra)
-    return env
 
 
 def casebook_cli(data_dir: Path, *args: str, stdin: str | None = None, timeout: float = 600) -> str:
@@ -203,106 +183,6 @@ def default_limits():
 # ----- servers ---------------------------------------------------------------------------------------------
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, str]:
-    """GET http://127.0.0.1:PORT/PATH: the status and body, or (0, '') when nothing answers."""
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
-    try:
-        connection.request('GET', path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors='replace')
-    except OSError:
-        return 0, ''
-    finally:
-        connection.close()
-
-
-def terminate(process: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM (a graceful stop), then SIGKILL when the process is still there after `timeout` seconds."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@dataclass
-class Server:
-    """A web app in a subprocess on a free port of 127.0.0.1; its output goes to `log_path`."""
-
-    command: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    started_before: bool = False
-
-    @property
-    def base_url(self) -> str:
-        return f'http://127.0.0.1:{self.port}'
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> Server:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_path, 'ab' if self.started_before else 'wb')  # a new server: a new log
-        self.started_before = True  # handed to the child; closed here once it has it
-        log_file.write(f'\n===== {" ".join(self.command)} --port {self.port} =====\n'.encode())
-        log_file.flush()
-        self.process = subprocess.Popen(
-            [*self.command, '--port', str(self.port)],
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        log_file.close()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not self._answers_http():
-            if self.process.poll() is not None:
-                raise RuntimeError(f'{self.command[0]} exited with {self.process.returncode}:\n{self.log_tail()}')
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f'no answer on port {self.port} within {STARTUP_TIMEOUT:.0f} s:\n{self.log_tail()}')
-            time.sleep(0.1)
-        return self
-
-    def _answers_http(self) -> bool:
-        return http_get(self.port, '/favicon.ico')[0] != 0
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 15 s."""
-        if self.process is not None:
-            terminate(self.process, STOP_TIMEOUT)
-        self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ''
-        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
-
-    def errors_in_log(self) -> list[str]:
-        if not self.log_path.exists():
-            return []
-        return [
-            line
-            for line in self.log_path.read_text(errors='replace').splitlines()
-            if 'Traceback' in line or ' ERROR ' in line or line.startswith('ERROR')
-        ]
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-
 def casebook_server(
     data_dir: Path, log_path: Path, *, gc_threshold2: int | None = None, trace: Path | None = None, **env: str
 ) -> Server:
@@ -322,12 +202,7 @@ def casebook_server(
     if trace is not None:  # bench/trace_server.py: timers around the steps of a send
         command = [sys.executable, str(BENCH / 'trace_server.py'), 'serve', '--host', '127.0.0.1']
         env['BENCH_TRACE_FILE'] = str(trace)
-    return Server(
-        command=command,
-        env=clean_env(CASEBOOK_DATA_DIR=str(data_dir), **env),
-        cwd=data_dir.parent,
-        log_path=log_path,
-    )
+    return casebook_serve(data_dir, log_path, command=command, env=env)
 
 
 # ----- figures ---------------------------------------------------------------------------------------------
@@ -361,12 +236,6 @@ def write_result(name: str, data: dict) -> Path:
     path = RESULTS / f'{name}.json'
     path.write_text(json.dumps(data, indent=2) + '\n')
     return path
-
-
-def launch_chromium(playwright):
-    if not CHROMIUM.exists():
-        raise RuntimeError(f'{CHROMIUM} not found (apt-get install chromium)')
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
 
 
 # ----- profiles (py-spy, when it is installed in the venv; it is not a project dependency) ----------------

@@ -8,26 +8,17 @@ few failed sign-ins).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-]
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from support import PASSWORD, ROOT, casebook_serve, launch_chromium
+
 EARLIER = 'Paracetamol stopped: afebrile for 48 hours.'
 NOTES = [
     'Mild fever for 3 days, 38.4 °C this morning. No rash.',
@@ -36,32 +27,18 @@ NOTES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
-    port = free_port()
-    base = f'http://127.0.0.1:{port}'
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, 'CASEBOOK_DATA_DIR': data_dir}
-        server = subprocess.Popen([Path(sys.executable).parent / 'casebook', 'serve', '--port', str(port)], env=env)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(base + '/login', timeout=1)  # noqa: S310 (our own loopback server)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / 'data'
+        with casebook_serve(data_dir, Path(folder) / 'serve.log') as server:
+            base = server.base_url
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+                browser = launch_chromium(playwright)
                 page = browser.new_page(viewport={'width': 1280, 'height': 720})
                 page.goto(base + '/')
                 page.get_by_label('Username').fill('ada')
                 page.get_by_label('Display name').fill('Dr. Ada Lovelace')
-                page.get_by_label('Password').fill('correct horse battery staple')
+                page.get_by_label('Password').fill(PASSWORD)
                 page.get_by_role('button', name='Create account').click()
                 for patient in ('PAT077', 'PAT123'):
                     page.get_by_label('Patient ID').fill(patient)
@@ -105,9 +82,6 @@ def main() -> None:
                 page.wait_for_timeout(800)  # the chart draws itself
                 page.screenshot(path=ROOT / 'docs' / 'admin.png')
                 browser.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
     print('wrote docs/workspace.png, docs/workspace-phone.png, docs/search.png and docs/admin.png')
 
 

@@ -7,25 +7,15 @@ so neither package's conftest has to import the other's.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import socket
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-CHROMIUM = Path('/usr/bin/chromium')
-CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-]
+import support
+from support import CHROMIUM, PASSWORD
+
 # What a page logs while its server is gone: the socket's failed connections and polls, refused or reset requests,
 # nginx answering for an instance that is down.
 CONNECTION_ERROR = re.compile(
@@ -33,29 +23,7 @@ CONNECTION_ERROR = re.compile(
     r'|Failed to load resource: net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|EMPTY_RESPONSE|CONNECTION_CLOSED)'
     r'|Failed to load resource: the server responded with a status of 50[234]'
 )
-CASEBOOK = Path(sys.executable).parent / 'casebook'  # the console script installed next to this interpreter
 EXPECT_TIMEOUT_MS = 10_000
-
-PASSWORD = 'correct horse battery staple 42'  # long enough, not a common password
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def casebook_env(data_dir: Path) -> dict[str, str]:
-    """The environment for the app and its CLI: this test's data dir and nothing else from CASEBOOK_*.
-
-    PYTEST_CURRENT_TEST is dropped too: NiceGUI's `ui.run` takes it to mean "inside pytest" and then wants
-    NICEGUI_SCREEN_TEST_PORT; the served app must run as it does for a user.
-    """
-    prefixes = ('CASEBOOK_', 'NICEGUI_', 'PYTEST_')
-    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
-    env['CASEBOOK_DATA_DIR'] = str(data_dir)
-    env['PYTHONUNBUFFERED'] = '1'
-    return env
 
 
 def skip_without_chromium() -> None:
@@ -77,7 +45,7 @@ def launch_chromium():
     skip_without_chromium()
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        chromium = support.launch_chromium(playwright)
         try:
             yield chromium
         finally:

@@ -17,9 +17,9 @@ import pytest
 
 from casebook.db import Database, run_on_own_loop
 from casebook.services import accounts
+from support import PASSWORD  # one password for every test account (tests.conftest.PASSWORD)
 from tests import postgres
 
-PASSWORD = 'a long enough passphrase'
 BACKENDS = ('sqlite', 'postgresql')
 
 

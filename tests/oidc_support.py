@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from bench.common import terminate
-from tests.browser_support import free_port
+from support import free_port
 
 NODE = Path('/usr/bin/node')
 HERE = Path(__file__).parent / 'oidc'

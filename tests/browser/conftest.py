@@ -12,95 +12,52 @@ The pieces shared with tests/cluster (Chromium, `Visitor`, the app's environment
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.common import http_get, terminate
-from tests.browser_support import (
-    CASEBOOK,
-    PASSWORD,
-    Visitor,
-    casebook_env,
-    free_port,
-    launch_chromium,
-    skip_without_chromium,
-    visitors,
-)
+import support
+from support import CASEBOOK, PASSWORD, clean_env
+from tests.browser_support import Visitor, launch_chromium, skip_without_chromium, visitors
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0
 
 
-class Server:
-    """`casebook serve` in a subprocess; its stdout and stderr go to `log_path`."""
+class Server(support.Server):
+    """`casebook serve` in a subprocess on a data dir of its own; its stdout and stderr go to `log_path`."""
 
     def __init__(self, data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(
+            command=[str(CASEBOOK), 'serve', '--host', '127.0.0.1'],
+            env={},
+            cwd=data_dir.parent,
+            log_path=log_path,
+            startup_timeout=STARTUP_TIMEOUT,
+            stop_timeout=STOP_TIMEOUT,
+        )
         self.data_dir = data_dir
-        self.log_path = log_path
         self.extra_env = extra_env or {}
-        self.port = free_port()
-        self.base_url = f'http://127.0.0.1:{self.port}'
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_file = None
 
     @property
-    def env(self) -> dict[str, str]:
-        return {**casebook_env(self.data_dir), **self.extra_env}
+    def env(self) -> dict[str, str]:  # read at every start: a test may change extra_env between starts
+        return {**clean_env(self.data_dir), **self.extra_env}
 
-    def start(self) -> None:
+    @env.setter
+    def env(self, _value: dict[str, str]) -> None:
+        pass  # built from data_dir and extra_env
+
+    def start(self) -> Server:
         """Start (again) on the same port and data dir; returns once the port answers HTTP."""
-        assert self.process is None, 'the server is already running'
         if not CASEBOOK.exists():
             pytest.fail(f'{CASEBOOK} not found: run `make install` first', pytrace=False)
-        self._log_file = open(self.log_path, 'ab')
-        self._log_file.write(f'\n===== casebook serve --port {self.port} =====\n'.encode())
-        self._log_file.flush()
-        self.process = subprocess.Popen(
-            [str(CASEBOOK), 'serve', '--host', '127.0.0.1', '--port', str(self.port)],
-            env=self.env,
-            cwd=self.data_dir.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self._close()
-                pytest.fail(f'casebook serve exited with status {code} while starting:\n{self.log()}', pytrace=False)
-            if self._answers_http():
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(
-                    f'casebook serve did not answer HTTP on port {self.port} within {STARTUP_TIMEOUT:.0f} s:\n'
-                    f'{self.log()}',
-                    pytrace=False,
-                )
-            time.sleep(0.05)
-
-    def _answers_http(self) -> bool:
-        return http_get(self.port, '/', timeout=2)[0] != 0
-
-    def stop(self) -> None:
-        """SIGTERM, then wait; SIGKILL after 10 s."""
-        if self.process is None:
-            return
-        terminate(self.process, STOP_TIMEOUT)
-        self._close()
-
-    def _close(self) -> None:
-        self.process = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        try:
+            return super().start()
+        except support.ServerError as error:
+            pytest.fail(f'casebook serve did not start: {error}', pytrace=False)
 
     def casebook(self, *args: str, stdin: str | None = None) -> str:
         """Run the real CLI (`casebook ARGS…`) on this server's data dir; its output, once it exited with 0."""
@@ -126,14 +83,11 @@ class Server:
         self.casebook('import', str(path), '--user', username)
 
     def log(self) -> str:
-        return self.log_path.read_text(encoding='utf-8', errors='replace') if self.log_path.exists() else ''
+        return self.output()
 
     def assert_log_clean(self) -> None:
         """No traceback and no ERROR/CRITICAL line in the server's output."""
-        bad = [
-            line for line in self.log().splitlines() if 'Traceback' in line or re.search(r'\b(ERROR|CRITICAL)\b', line)
-        ]
-        assert not bad, 'the server logged errors:\n' + self.log()
+        assert not self.errors_in_log(), 'the server logged errors:\n' + self.log()
 
 
 @pytest.fixture

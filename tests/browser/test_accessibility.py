@@ -15,7 +15,8 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from tests.browser_support import PASSWORD, Visitor, expect
+from support import PASSWORD
+from tests.browser_support import Visitor, expect
 
 AXE = Path(__file__).parent / 'axe' / 'node_modules' / 'axe-core' / 'axe.min.js'
 WIDTHS = {'desktop': (1280, 800), 'tablet': (768, 1024), 'phone': (390, 844)}

@@ -8,7 +8,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from tests.browser_support import PASSWORD, expect
+from support import PASSWORD
+from tests.browser_support import expect
 
 ZONE = 'Europe/Berlin'  # what the test browser reports, below
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
+from support import PASSWORD
 from tests.browser.conftest import Server
-from tests.browser_support import PASSWORD, visitors
+from tests.browser_support import visitors
 
 AUTHENTICATOR = {
     'protocol': 'ctap2',

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import free_port
+from support import free_port
 
 pytestmark = pytest.mark.browser
 

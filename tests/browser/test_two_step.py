@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from casebook.services import two_step
-from tests.browser_support import PASSWORD
+from support import PASSWORD
 
 pytestmark = pytest.mark.browser
 

@@ -33,7 +33,7 @@ from casebook import cli
 from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
 from casebook.services import accounts, backup, conversations, passkeys, templates, two_step
-from tests.browser_support import CASEBOOK, casebook_env
+from support import CASEBOOK, clean_env
 from tests.conftest import FINISHED_BAR, PASSWORD, Terminal, add_clinician
 
 TABLES = [table.name for table in backup.TABLES]
@@ -558,7 +558,7 @@ def test_backup_under_load_holds_every_acknowledged_message(database, tmp_path):
         started = time.monotonic()
         before = {client_id for _when, client_id in acked}
         file = tmp_path / 'under-load.cbk'
-        env = {**casebook_env(tmp_path / 'data'), 'CASEBOOK_DATABASE_URL': database.url}
+        env = {**clean_env(tmp_path / 'data'), 'CASEBOOK_DATABASE_URL': database.url}
         result = subprocess.run(
             [str(CASEBOOK), 'backup', '-o', str(file)], env=env, capture_output=True, text=True, timeout=60, check=False
         )

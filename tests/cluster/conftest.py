@@ -31,10 +31,10 @@ import pytest
 import redis
 
 from casebook.db import run_on_own_loop
-from tests.browser_support import CASEBOOK, PASSWORD, Visitor, casebook_env, free_port, launch_chromium, visitors
+from support import CASEBOOK, PASSWORD, REDIS_URL, clean_env, free_port
+from tests.browser_support import Visitor, launch_chromium, visitors
 
 DEPLOY_CLUSTER = Path(__file__).resolve().parents[2] / 'deploy' / 'cluster'
-REDIS_URL = os.environ.get('CASEBOOK_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
 READY_TIMEOUT = 120.0  # one migration and N app start-ups on a busy 2-core machine
 STOP_TIMEOUT = 30.0  # deploy/cluster itself gives its children 10 s before SIGKILL
 REPORT_TIMEOUT = 10.0
@@ -88,7 +88,7 @@ class Cluster:
         self.database_url = database_url
         self.redis_prefix = redis_prefix
         self.env = {
-            **casebook_env(self.state_dir / 'data'),
+            **clean_env(self.state_dir / 'data'),
             'CASEBOOK_REDIS_KEY_PREFIX': redis_prefix,
             **env,
         }

@@ -9,50 +9,45 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.common import http_get, terminate
-from tests.browser_support import CASEBOOK, PASSWORD, casebook_env, free_port
+import support
+from support import CASEBOOK, PASSWORD, clean_env, http_get
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
-class Served:
-    """`casebook serve` in a subprocess."""
+class Served(support.Server):
+    """`casebook serve` in a subprocess, ready once /healthz says so; stdout and stderr (the log) kept apart."""
 
     def __init__(self, directory: Path, env: dict[str, str]) -> None:
         self.directory = directory
         self.data_dir = directory / 'data'
-        self.env = {**casebook_env(self.data_dir), **env}
-        self.port = free_port()
-        self.base_url = f'http://127.0.0.1:{self.port}'
-        self.stdout_path = directory / 'serve.stdout'
-        self.stderr_path = directory / 'serve.stderr'
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            command=[str(CASEBOOK), 'serve', '--host', '127.0.0.1'],
+            env={**clean_env(self.data_dir), **env},
+            cwd=directory,
+            log_path=directory / 'serve.stdout',
+            stderr_path=directory / 'serve.stderr',
+            ready_path='/healthz',
+            ready_status=200,
+            startup_timeout=STARTUP_TIMEOUT,
+            stop_timeout=STOP_TIMEOUT,
+            announce=False,  # the output is the app's own (JSON lines in some tests)
+        )
+        self.stdout_path, self.stderr_path = self.log_path, directory / 'serve.stderr'
 
-    def start(self) -> None:
+    def start(self) -> Served:
         if not CASEBOOK.exists():
             pytest.fail(f'{CASEBOOK} not found: run `make install` first', pytrace=False)
-        with open(self.stdout_path, 'ab') as stdout, open(self.stderr_path, 'ab') as stderr:
-            self.process = subprocess.Popen(
-                [str(CASEBOOK), 'serve', '--host', '127.0.0.1', '--port', str(self.port)],
-                env=self.env,
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while self.get('/healthz')[0] != 200:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f'casebook serve did not start:\n{self.output()}', pytrace=False)
-            time.sleep(0.05)
+        try:
+            return super().start()
+        except support.ServerError as error:
+            pytest.fail(f'casebook serve did not start: {error}', pytrace=False)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         return http_get(self.port, path, headers, timeout=10)
@@ -74,18 +69,6 @@ class Served:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process, STOP_TIMEOUT)
-        self.process = None
-
-    def output(self) -> str:
-        return '\n'.join(
-            path.read_text(encoding='utf-8', errors='replace')
-            for path in (self.stdout_path, self.stderr_path)
-            if path.exists()
-        )
 
 
 @pytest.fixture

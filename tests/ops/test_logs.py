@@ -23,7 +23,7 @@ from starlette.routing import Route
 from bench.load import Account, Client, Stats
 from casebook import logs
 from casebook.web.operations import OperationsLayer
-from tests.browser_support import PASSWORD
+from support import PASSWORD
 
 TOKEN = f'log-test-token-{secrets.token_hex(8)}'
 FIELDS = {'time', 'level', 'logger', 'message', 'instance'}

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +19,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-REDIS_URL = os.environ.get('CASEBOOK_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
+from support import REDIS_URL, free_port
+
+__all__ = ['REDIS_URL']  # the tests here import it from this conftest (it is support's)
 
 
 @pytest.fixture
@@ -42,17 +43,11 @@ async def redis_client(redis_prefix: str) -> AsyncIterator[redis.Redis]:
     await client.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 class PrivateRedis:
     """A redis-server that keeps nothing on disk, on 127.0.0.1 and a port of its own."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f'redis://127.0.0.1:{self.port}/0'
         self.directory = directory
         self.process: subprocess.Popen[bytes] | None = None

@@ -18,7 +18,7 @@ from casebook.models import AuthSession, Clinician
 from casebook.services import accounts, templates
 from casebook.web import runtime
 from casebook.web.pages.search_panel import HitCard
-from tests.browser_support import free_port
+from support import free_port
 from tests.conftest import PASSWORD
 from tests.web.helpers import (
     add,

@@ -21,7 +21,7 @@ from casebook import metrics
 from casebook.config import Settings
 from casebook.db import Database, head_revision
 from casebook.web import operations, runtime
-from tests.browser_support import free_port
+from support import free_port
 from tests.web.helpers import add, create_first_account, log_in, open_patient, send, should_see_message
 
 TOKEN = 'metrics-token-for-the-tests-0123456789'

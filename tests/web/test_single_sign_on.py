@@ -11,7 +11,7 @@ from nicegui.testing import User
 
 from casebook.services import sso
 from casebook.web import runtime
-from tests.browser_support import free_port
+from support import free_port
 from tests.web.helpers import add, create_first_account, log_in
 from tests.web.test_two_step import audit_rows, log_out
 
