@@ -351,8 +351,8 @@ class RedisHub(LocalHub):
                 self.connected.clear()
             finally:
                 for waiting in (reader, changed):
-                    if waiting is not None:
-                        waiting.cancel()
+                    if waiting is not None and not waiting.cancel() and not waiting.cancelled():
+                        waiting.exception()  # done: already seen, or the connection is replaced anyway
                 with suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(pause)
