@@ -5,10 +5,11 @@ instances have them)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import redis.asyncio as redis
 
-from casebook.config import Settings
 from casebook.live import (
     ConversationEvent,
     Resync,
@@ -122,15 +123,22 @@ async def test_after_its_connection_is_killed_an_instance_subscribes_again_and_r
 
 
 async def test_the_command_lines_reset_reaches_the_clinicians_tabs(redis_client, redis_prefix) -> None:
-    from casebook.cli import _tell_open_tabs
-
     hub = await started(REDIS_URL, redis_prefix)
     try:
         sessions = Inbox()
         hub.subscribe(clinician_topic(3), sessions)
         assert await sessions.next() == Resync(clinician_topic(3))
-        settings = Settings(redis_url=REDIS_URL, redis_key_prefix=redis_prefix)
-        await asyncio.to_thread(_tell_open_tabs, settings, 3)  # as `casebook user reset-two-step` does
+        # what `casebook user reset-two-step` does once the sessions have ended, in a process of its own
+        told = await asyncio.create_subprocess_exec(
+            sys.executable,
+            '-c',
+            'from casebook.cli import _tell_open_tabs; from casebook.config import Settings; '
+            '_tell_open_tabs(Settings(), 3)',
+            env={**os.environ, 'CASEBOOK_REDIS_URL': REDIS_URL, 'CASEBOOK_REDIS_KEY_PREFIX': redis_prefix},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(told.communicate(), 60)
+        assert b'their open tabs were told' in out
         assert await sessions.next() == SessionsEnded(3, None, 'two-step-reset')
     finally:
         await stopped(hub)
