@@ -9,9 +9,10 @@ that every topic says whose it is. `LocalHub` delivers within one process; `Redi
 that clinician. Both have the same two methods: `publish` sends an event to every subscriber of its topic on
 any instance, `subscribe` listens on this instance.
 
-Redis may drop events (a broken connection, Redis restarting); nothing is lost by that, since the database
-is the record, but a tab may have missed an update. Whenever that can have happened, subscribers of the
-affected topics get a `Resync`, and read again what they show.
+Redis may drop events (a broken connection, Redis restarting), and an instance hears a clinician's events
+only from the moment Redis confirms its subscription; nothing is lost by that, since the database is the
+record, but a tab may have missed an update. Whenever that can have happened, subscribers of the affected
+topics get a `Resync`, and read again what they show.
 """
 
 from __future__ import annotations
