@@ -9,6 +9,10 @@ live sessions (their browser storage written into Redis, as a login leaves it), 
 - cross-instance delivery: `--pairs` clinicians each with a second browser; the first tab talks to instance 1
   directly, the second to the last instance directly (with one instance, both to it); the time from the
   click on Send in the first until the message reaches the second.
+- live-update fan-out: the live events published through Redis during the run (counted by a subscriber of
+  the bench's own to every live channel) and, per instance, those it received from Redis (its
+  `casebook_live_received_total`, from /metrics before and after; absent before that counter existed):
+  deliveries per published event.
 
     .venv/bin/python bench/cluster_load.py --instances 1 2 --clients 500 --duration 60
     .venv/bin/python bench/cluster_load.py --instances 2 --clients 20 --duration 10     # smoke
@@ -94,7 +98,9 @@ def _free_port_run(count: int) -> int:
 class Cluster:
     """`deploy/cluster` as a child process; ready once it prints `ready:`."""
 
-    def __init__(self, instances: int, state_dir: Path, database_url: str, prefix: str, secret: str) -> None:
+    def __init__(
+        self, instances: int, state_dir: Path, database_url: str, prefix: str, secret: str, casebook: str | None = None
+    ) -> None:
         self.instances = instances
         self.state_dir = state_dir
         self.port = free_port()
@@ -115,8 +121,13 @@ class Cluster:
             REDIS_URL,
             '--state-dir',
             str(state_dir),
-        ]
-        self.env = {'CASEBOOK_REDIS_KEY_PREFIX': prefix, 'CASEBOOK_STORAGE_SECRET': secret}
+        ] + (['--casebook', casebook] if casebook else [])
+        self.metrics_token = secrets.token_urlsafe(24)
+        self.env = {
+            'CASEBOOK_REDIS_KEY_PREFIX': prefix,
+            'CASEBOOK_STORAGE_SECRET': secret,
+            'CASEBOOK_METRICS_TOKEN': self.metrics_token,
+        }
         self.process: subprocess.Popen[str] | None = None
         self.url = f'http://127.0.0.1:{self.port}'
 
@@ -172,6 +183,61 @@ class Cluster:
                 self.process.wait()
 
 
+async def _live_received(http, cluster: Cluster) -> list[dict[str, float] | None]:
+    """Per instance, its `casebook_live_received_total` by result (None when it has no such counter)."""
+    counts: list[dict[str, float] | None] = []
+    for url in cluster.instance_urls:
+        async with http.get(f'{url}/metrics', headers={'Authorization': f'Bearer {cluster.metrics_token}'}) as answer:
+            exposition = await answer.text()
+        found = re.findall(r'^casebook_live_received_total\{result="(\w+)"\} (\S+)$', exposition, re.MULTILINE)
+        counts.append({result: float(value) for result, value in found} or None)
+    return counts
+
+
+class LiveEventCounter:
+    """Counts the live events published through Redis under a prefix, with a pattern subscription of its own
+    (whatever the channel rule of the version under test)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client, self.pattern, self.count = client, f'{prefix}live:*', 0
+        self.counting = False
+
+    async def start(self) -> None:
+        self.pubsub = self.client.pubsub()
+        await self.pubsub.psubscribe(self.pattern)
+        self.task = asyncio.create_task(self._count())
+
+    async def _count(self) -> None:
+        async for message in self.pubsub.listen():
+            if message['type'] == 'pmessage' and self.counting:
+                self.count += 1
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.pubsub.aclose()
+
+
+def _fan_out(before: list, after: list, published: int) -> dict:
+    """Live events received per instance during the run, and deliveries per published event."""
+    if any(counts is None for counts in before + after):
+        return {'published': published, 'received_per_instance': None}
+    received = [
+        {result: int(counts[result] - then.get(result, 0.0)) for result in counts}
+        for then, counts in zip(before, after, strict=True)
+    ]
+    total = sum(sum(counts.values()) for counts in received)
+    return {
+        'published': published,
+        'received_per_instance': received,
+        'received_total': total,
+        'deliveries_per_event': round(total / published, 2) if published else None,
+        'delivered_per_event': round(sum(c.get('delivered', 0) for c in received) / published, 2)
+        if published
+        else None,
+    }
+
+
 async def _paired_send(sender: Client, watcher: Client, sequence: int, stats: Stats, delivery: list[float]) -> None:
     text_ = f'pair {sender.account.index} {sequence} {secrets.token_hex(6)}'
     own, other = sender.expect(text_), watcher.expect(text_)
@@ -205,7 +271,14 @@ async def _pair_life(sender: Client, watcher: Client, go: asyncio.Event, stop_at
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-async def run_once(instances: int, clients: int, pairs: int, duration: float, interval: float = SEND_INTERVAL) -> dict:
+async def run_once(
+    instances: int,
+    clients: int,
+    pairs: int,
+    duration: float,
+    interval: float = SEND_INTERVAL,
+    casebook: str | None = None,
+) -> dict:
     tag = secrets.token_hex(4)
     database = f'casebook_bench_{tag}'
     prefix = f'bench-{tag}:'
@@ -214,13 +287,14 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
     state_dir = RESULTS / 'work' / f'cluster-{instances}-{tag}'
     redis_client = redis.from_url(REDIS_URL)
     await postgres_admin(f'CREATE DATABASE "{database}"')
-    cluster = Cluster(instances, state_dir, database_url, prefix, secret)
+    cluster = Cluster(instances, state_dir, database_url, prefix, secret, casebook)
     result: dict = {
         'instances': instances,
         'clients': clients,
         'pairs': pairs,
         'duration_s': duration,
         'send_interval_s': interval,
+        'casebook': casebook or 'this checkout',
     }
     try:
 
@@ -235,6 +309,8 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
         second_cookies = await _second_browsers(accounts[clients:], database_url, secret, write_storage)
         log(f'cluster {instances}: starting deploy/cluster')
         await asyncio.to_thread(cluster.start)
+        live_events = LiveEventCounter(redis_client, prefix)
+        await live_events.start()
         stats = Stats()
         delivery: list[float] = []
         async with tab_session(CONNECT_TIMEOUT) as http:
@@ -268,6 +344,8 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
             stats.timeline.clear()
             pids, nginx = cluster.pids(), cluster.nginx_pids()
             cpu_before = [proc_cpu_seconds(pid) for pid in pids]
+            received_before = await _live_received(http, cluster)
+            live_events.counting = True
             nginx_before = sum(proc_cpu_seconds(pid) for pid in nginx)
             others_before, machine_before = _other_cpu_seconds(), _machine_cpu_seconds()
             load_before = load_average()
@@ -277,6 +355,10 @@ async def run_once(instances: int, clients: int, pairs: int, duration: float, in
             await asyncio.sleep(duration)
             await asyncio.wait(lives, timeout=ACK_TIMEOUT + max(interval, SEND_INTERVAL) + 5)
             elapsed = time.perf_counter() - started
+            live_events.counting = False
+            await asyncio.sleep(0.5)  # what was published before this reaches the instances
+            result['live_fan_out'] = _fan_out(received_before, await _live_received(http, cluster), live_events.count)
+            await live_events.stop()
             result['instance_cpu_percent_of_one_core'] = [
                 round((proc_cpu_seconds(pid) - before) / elapsed * 100, 1)
                 for pid, before in zip(pids, cpu_before, strict=True)
@@ -422,11 +504,14 @@ def main() -> None:
         help=f"seconds between one load tab's messages (default {SEND_INTERVAL:g}; the pairs always use that)",
     )
     parser.add_argument('--name', default='cluster-load')
+    parser.add_argument(
+        '--casebook', help="the instances' casebook program, e.g. another checkout's .venv/bin/casebook (to compare)"
+    )
     args = parser.parse_args()
     results = {'machine': machine(), 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'runs': []}
     for instances in args.instances:
         results['runs'].append(
-            asyncio.run(run_once(instances, args.clients, args.pairs, args.duration, args.send_interval))
+            asyncio.run(run_once(instances, args.clients, args.pairs, args.duration, args.send_interval, args.casebook))
         )
     results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
     path = write_result(args.name, results)

@@ -346,7 +346,7 @@ def _tell_open_tabs(settings: Settings, clinician_id: int) -> None:
     if settings.redis_url is None:
         print('their open tabs go to the login page at their next action')
         return
-    from casebook.live import SessionsEnded, channel_prefix, encode
+    from casebook.live import SessionsEnded, channel, encode
 
     async def publish() -> None:
         import redis.asyncio as redis
@@ -354,8 +354,7 @@ def _tell_open_tabs(settings: Settings, clinician_id: int) -> None:
         client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
         try:
             event = SessionsEnded(clinician_id, None, 'two-step-reset')
-            channel = channel_prefix(settings.redis_key_prefix) + event.topic
-            await client.publish(channel, encode(event, CLI_ACTOR, time.time()))
+            await client.publish(channel(settings.redis_key_prefix, event.topic), encode(event, CLI_ACTOR, time.time()))
         finally:
             await client.aclose()
 

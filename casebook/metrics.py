@@ -21,6 +21,9 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 SIGN_IN_RESULTS = ('ok', 'failed', 'throttled')
+# what became of a live update that came in from Redis: handed to subscribers here; published by this instance
+# (already delivered here); nobody here follows its topic, or it was malformed or on another topic's channel
+LIVE_RECEIVED_RESULTS = ('delivered', 'own', 'ignored')
 # seconds; a send's budget is 15 ms to the screen and 150 ms (p99) to the ack under load
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the classic text format, read by every Prometheus (names are plain)
@@ -58,8 +61,16 @@ LIVE_DELIVERY = _registered(
     'From publishing a live update to a subscribing tab having handled it (across instances through Redis).',
     buckets=FAST_BUCKETS,
 )
+LIVE_RECEIVED = _registered(
+    Counter,
+    'casebook_live_received',
+    'Live updates this instance received from Redis, by what became of them (delivered, own, ignored).',
+    labelnames=('result',),
+)
 for _result in SIGN_IN_RESULTS:
     SIGN_INS.labels(_result)  # each result is exported from the start, as 0
+for _result in LIVE_RECEIVED_RESULTS:
+    LIVE_RECEIVED.labels(_result)
 
 
 def sign_in(result: str) -> None:
@@ -87,6 +98,13 @@ def live_delivered(published_at: float) -> None:
     """A live update reached a subscriber; `published_at` is the `time.time()` of its publication (wall clock,
     so that it means the same on another instance; a clock behind the publisher's counts as 0)."""
     LIVE_DELIVERY.observe(max(time.time() - published_at, 0.0))
+
+
+def live_received(result: str) -> None:
+    """A live update came in from Redis: 'delivered' to subscribers here, 'own' (published here) or 'ignored'."""
+    if result not in LIVE_RECEIVED_RESULTS:
+        raise ValueError(f'live update result must be one of {LIVE_RECEIVED_RESULTS}')
+    LIVE_RECEIVED.labels(result).inc()
 
 
 def set_open_tabs(count: int) -> None:

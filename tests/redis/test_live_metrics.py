@@ -8,7 +8,7 @@ import json
 import time
 
 from casebook import metrics
-from casebook.live import ConversationEvent, conversation_topic, decode_stamped, encode
+from casebook.live import ConversationEvent, Resync, conversation_topic, decode_stamped, encode
 from tests.redis.conftest import REDIS_URL
 from tests.redis.test_shared import Inbox, message, started, stopped
 
@@ -16,7 +16,7 @@ DELAY = 0.25  # seconds the receiving tab takes to handle the event
 
 
 def test_an_event_carries_when_it_was_published() -> None:
-    event = ConversationEvent('message', 7, message())
+    event = ConversationEvent('message', 7, message(), clinician_id=3)
     assert decode_stamped(encode(event, 'me', 1_700_000_000.5)) == ('me', event, 1_700_000_000.5)
     assert decode_stamped(encode(event, 'me'))[2] is None  # from an instance that does not stamp yet
     assert 'at' not in json.loads(encode(event, 'me'))
@@ -31,11 +31,13 @@ async def test_delivery_on_another_instance_is_measured_from_the_publication(red
             await asyncio.sleep(DELAY)
             await inbox(event)
 
-        second.subscribe(conversation_topic(7), slow_tab)  # the only subscriber: on the other instance
+        topic = conversation_topic(3, 7)
+        second.subscribe(topic, slow_tab)  # the only subscriber: on the other instance
+        assert await inbox.next() == Resync(topic)  # Redis confirmed the subscription
         count = metrics.value('casebook_live_delivery_seconds_count')
         total = metrics.value('casebook_live_delivery_seconds_sum')
         published = time.monotonic()
-        await first.publish(ConversationEvent('message', 7, message()))
+        await first.publish(ConversationEvent('message', 7, message(), clinician_id=3))
         await inbox.next()
         await asyncio.sleep(0.05)  # the measurement is taken just after the subscriber returns
         elapsed = time.monotonic() - published
@@ -50,12 +52,16 @@ async def test_the_stamp_of_the_publishing_instance_is_what_counts(redis_client,
     hub = await started(REDIS_URL, redis_prefix)
     try:
         inbox = Inbox()
-        hub.subscribe(conversation_topic(7), inbox)
+        topic = conversation_topic(3, 7)
+        hub.subscribe(topic, inbox)
+        assert await inbox.next() == Resync(topic)
         count = metrics.value('casebook_live_delivery_seconds_count')
         total = metrics.value('casebook_live_delivery_seconds_sum')
         sent = time.monotonic()
-        stamped = encode(ConversationEvent('message', 7, message()), 'another-instance', time.time() - 1.0)
-        await redis_client.publish(hub.channel(conversation_topic(7)), stamped)  # published 1 s ago, elsewhere
+        stamped = encode(
+            ConversationEvent('message', 7, message(), clinician_id=3), 'another-instance', time.time() - 1.0
+        )
+        await redis_client.publish(hub.channel(topic), stamped)  # published 1 s ago, elsewhere
         await inbox.next()
         await asyncio.sleep(0.05)
         assert metrics.value('casebook_live_delivery_seconds_count') == count + 1

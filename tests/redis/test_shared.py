@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as redis
 
+from casebook import metrics
 from casebook.live import ConversationEvent, RedisHub, Resync, SessionsEnded, conversation_topic, decode, encode
 from casebook.services import throttle
 from casebook.services.conversations import MessageInfo
@@ -54,6 +55,11 @@ class Inbox:
         return self.events.pop(0)
 
 
+def received(result: str) -> float:
+    """Live updates received from Redis so far by the hubs of this process, by what became of them."""
+    return metrics.value('casebook_live_received_total', {'result': result})
+
+
 async def started(url: str, prefix: str) -> RedisHub:
     """A hub as an instance has one, with a Redis client of its own (as `casebook serve` makes it)."""
     hub = RedisHub(redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), prefix=prefix)
@@ -70,8 +76,8 @@ async def stopped(*hubs: RedisHub) -> None:
 
 def test_events_survive_the_trip_through_json() -> None:
     for event in (
-        ConversationEvent('message', 7, message()),
-        ConversationEvent('marked', 7, message() and MessageInfo(**{**message().__dict__, 'entered_in_error': True})),
+        ConversationEvent('message', 7, message(), clinician_id=3),
+        ConversationEvent('marked', 7, MessageInfo(**{**message().__dict__, 'entered_in_error': True}), clinician_id=3),
         SessionsEnded(3, frozenset({'a', 'b'}), 'disabled'),
         SessionsEnded(3, None, 'password-changed'),
         Resync('clinician:3'),
@@ -84,11 +90,15 @@ async def test_an_event_reaches_the_other_instance_once_and_this_one_once(redis_
     first, second = await started(REDIS_URL, redis_prefix), await started(REDIS_URL, redis_prefix)
     try:
         here, there, elsewhere = Inbox(), Inbox(), Inbox()
-        topic = conversation_topic(7)
+        topic = conversation_topic(3, 7)
         first.subscribe(topic, here)
         second.subscribe(topic, there)
-        second.subscribe(conversation_topic(8), elsewhere)
-        event = ConversationEvent('message', 7, message())
+        second.subscribe(conversation_topic(3, 8), elsewhere)
+        # Once Redis sends that clinician's events to the instance, its tabs read again what they show
+        assert (await here.next(), await there.next(), await elsewhere.next()) == (Resync(topic),) * 2 + (
+            Resync(conversation_topic(3, 8)),
+        )
+        event = ConversationEvent('message', 7, message(), clinician_id=3)
         started_at = time.monotonic()
         await first.publish(event)
         assert await there.next() == event
@@ -105,6 +115,7 @@ async def test_logoff_reaches_the_other_instance(redis_client, redis_prefix) -> 
     try:
         inbox = Inbox()
         second.subscribe('clinician:3', inbox)
+        assert await inbox.next() == Resync('clinician:3')
         ended = SessionsEnded(3, frozenset({'s1'}), 'manual')
         await first.publish(ended)
         assert await inbox.next() == ended
@@ -116,14 +127,18 @@ async def test_a_malformed_or_mislabelled_event_is_ignored(redis_client, redis_p
     hub = await started(REDIS_URL, redis_prefix)
     try:
         inbox = Inbox()
-        hub.subscribe(conversation_topic(7), inbox)
-        await redis_client.publish(hub.channel(conversation_topic(7)), b'{"not": "an event"')
-        mislabelled = encode(ConversationEvent('message', 8, message(conversation_id=8)), 'someone')
-        await redis_client.publish(hub.channel(conversation_topic(7)), mislabelled)  # topic 8 sent on 7's channel
-        good = ConversationEvent('message', 7, message(id_=2))
-        await redis_client.publish(hub.channel(conversation_topic(7)), encode(good, 'someone'))
+        topic = conversation_topic(3, 7)
+        hub.subscribe(topic, inbox)
+        assert await inbox.next() == Resync(topic)
+        ignored, delivered = received('ignored'), received('delivered')
+        await redis_client.publish(hub.channel(topic), b'{"not": "an event"')
+        mislabelled = encode(ConversationEvent('message', 7, message(), clinician_id=4), 'someone')
+        await redis_client.publish(hub.channel(topic), mislabelled)  # clinician 4's event on 3's channel
+        good = ConversationEvent('message', 7, message(id_=2), clinician_id=3)
+        await redis_client.publish(hub.channel(topic), encode(good, 'someone'))
         assert await inbox.next() == good
         assert inbox.events == []
+        assert (received('ignored') - ignored, received('delivered') - delivered) == (2, 1)
     finally:
         await stopped(hub)
 
@@ -132,13 +147,14 @@ async def test_redis_going_away_loses_nothing_and_live_updates_resume(private_re
     prefix = 'outage:'
     first, second = await started(private_redis.url, prefix), await started(private_redis.url, prefix)
     try:
-        topic = conversation_topic(7)
+        topic = conversation_topic(3, 7)
         here, there = Inbox(), Inbox()
         first.subscribe(topic, here)
         second.subscribe(topic, there)
+        assert (await here.next(), await there.next()) == (Resync(topic), Resync(topic))
 
         private_redis.stop()
-        during = ConversationEvent('message', 7, message('written while Redis was down'))
+        during = ConversationEvent('message', 7, message('written while Redis was down'), clinician_id=3)
         await first.publish(during)  # returns at once: the sender never waits for Redis
         assert await here.next() == during  # the same instance still sees it
         await asyncio.sleep(0.5)
@@ -148,7 +164,7 @@ async def test_redis_going_away_loses_nothing_and_live_updates_resume(private_re
         # The other instance re-subscribes and is told to read again what it shows (the database has it) ...
         assert await there.next(within=15) == Resync(topic)
         # ... and live updates flow again.
-        after = ConversationEvent('message', 7, message('after Redis came back', id_=3))
+        after = ConversationEvent('message', 7, message('after Redis came back', id_=3), clinician_id=3)
         await first.publish(after)
         seen = [await there.next(within=10)]
         while seen[-1] != after:

@@ -195,7 +195,9 @@ class Composer:
             if not self.client.is_deleted:
                 ui.notify(NOT_SAVED, type='negative', multi_line=True)
             return None
-        await runtime.current().hub.publish(ConversationEvent('message', conversation.id, message))
+        await runtime.current().hub.publish(
+            ConversationEvent('message', conversation.id, message, clinician_id=self.clinician.id)
+        )
         if self.client.is_deleted:
             return None
         if self.conversation is not None and self.conversation.id == message.conversation_id:
@@ -262,7 +264,9 @@ class Composer:
             ui.notify('Marked as entered in error; it shows struck through after a reload.', type='warning')
             return True
         self.list.update(marked)
-        await runtime.current().hub.publish(ConversationEvent('marked', conversation.id, marked))
+        await runtime.current().hub.publish(
+            ConversationEvent('marked', conversation.id, marked, clinician_id=clinician.id)
+        )
         return True
 
     def _draft_changed(self) -> None:

@@ -42,7 +42,9 @@ class ConversationView:
                 ) or await runtime.current().database.run(
                     lambda sync: conversations.open_conversation_sync(sync, clinician=clinician, patient_id=patient_id)
                 )
-                unsubscribe_buffer = runtime.current().hub.subscribe(conversation_topic(conversation.id), buffer)
+                unsubscribe_buffer = runtime.current().hub.subscribe(
+                    conversation_topic(clinician.id, conversation.id), buffer
+                )
                 if around is None:
                     page = conversations.Around(
                         await conversations.latest_messages(
@@ -65,7 +67,9 @@ class ConversationView:
         same_patient = self.conversation is not None and self.conversation.id == conversation.id
         self.unsubscribe()
         self.conversation = conversation
-        self.unsubscribe = runtime.current().hub.subscribe(conversation_topic(conversation.id), self._on_event)
+        self.unsubscribe = runtime.current().hub.subscribe(
+            conversation_topic(self.clinician.id, conversation.id), self._on_event
+        )
         unsubscribe_buffer()
         self.book.patient_id = conversation.patient_id
         self._show_header()
@@ -179,7 +183,7 @@ class ConversationView:
 
     async def _on_event(self, event: ConversationEvent | Resync) -> None:
         """Another tab (or this one) changed the conversation this tab shows."""
-        if self.conversation is None or event.topic != conversation_topic(self.conversation.id):
+        if self.conversation is None or event.topic != conversation_topic(self.clinician.id, self.conversation.id):
             return
         if not self._owns_notebook():
             return  # this tab's session ended (logged out elsewhere); its next action leads to the login page
