@@ -21,8 +21,6 @@ import redis.asyncio as redis
 
 from support import REDIS_URL, free_port
 
-__all__ = ['REDIS_URL']  # the tests here import it from this conftest (it is support's)
-
 
 @pytest.fixture
 def redis_prefix() -> str:

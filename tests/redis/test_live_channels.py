@@ -19,7 +19,8 @@ from casebook.live import (
     conversation_topic,
     encode,
 )
-from tests.redis.conftest import REDIS_URL, PrivateRedis
+from support import REDIS_URL
+from tests.redis.conftest import PrivateRedis
 from tests.redis.test_shared import WITHIN, Inbox, message, received, started, stopped
 
 

@@ -9,7 +9,7 @@ import time
 
 from casebook import metrics
 from casebook.live import ConversationEvent, Resync, conversation_topic, decode_stamped, encode
-from tests.redis.conftest import REDIS_URL
+from support import REDIS_URL
 from tests.redis.test_shared import Inbox, message, started, stopped
 
 DELAY = 0.25  # seconds the receiving tab takes to handle the event

@@ -14,7 +14,8 @@ from casebook.live import ConversationEvent, RedisHub, Resync, SessionsEnded, co
 from casebook.services import throttle
 from casebook.services.conversations import MessageInfo
 from casebook.web.auth import TICKET_SECONDS, Ticket, Tickets
-from tests.redis.conftest import REDIS_URL, PrivateRedis
+from support import REDIS_URL
+from tests.redis.conftest import PrivateRedis
 
 WITHIN = 5.0  # seconds a test waits for something that normally takes milliseconds
 

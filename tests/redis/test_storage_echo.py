@@ -15,7 +15,7 @@ from nicegui.storage import Storage
 
 from casebook.web import shared_storage
 from casebook.web.shared_storage import OwnEchoFreeRedisDict
-from tests.redis.conftest import REDIS_URL
+from support import REDIS_URL
 
 WITHIN = 5.0
 
