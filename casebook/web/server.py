@@ -89,7 +89,13 @@ def _shared_parts(settings: Settings, database: Database) -> runtime.Runtime:
     shared_storage.install()  # before the first browser's storage is created
     import redis.asyncio as redis
 
-    client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+    client = redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=10,
+        client_name='casebook-live',  # CLIENT LIST tells its connections from storage's (casebook-storage)
+    )
     prefix = settings.redis_key_prefix
     hub = RedisHub(client, prefix=prefix)
     app.on_startup(hub.start)
