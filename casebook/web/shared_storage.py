@@ -163,9 +163,12 @@ class RedisStorage:
         """SUBSCRIBE or UNSUBSCRIBE `channel` so that the connection follows it exactly while a dict is open."""
         assert self._lock is not None
         async with self._lock:
+            wanted, sent = bool(self._books.get(channel)), channel in self._sent
+            if not wanted:  # closed, or dropped without being closed (a weak reference)
+                self._books.pop(channel, None)
+                self._subscribed.pop(channel, None)
             if self._pubsub is None:
                 return  # not connected: the listener subscribes to all open dicts' channels when it is
-            wanted, sent = bool(self._books.get(channel)), channel in self._sent
             try:
                 if wanted and not sent:
                     self._sent.add(channel)
@@ -212,6 +215,8 @@ class RedisStorage:
                 except (OSError, redis.RedisError) as error:
                     if self.connected.is_set():
                         log.warning('storage listener lost Redis (%s); reconnecting', type(error).__name__)
+                except Exception:  # not Redis: listening goes on all the same, on a new connection
+                    log.exception('storage listener failed; reconnecting')
                 finally:
                     self.connected.clear()
                     self._pubsub = None
