@@ -75,6 +75,7 @@ class RedisStorage:
         self._listener: asyncio.Task | None = None
         self.connected: asyncio.Event | None = None
         self.reconnections = 0
+        self._lost = False  # the listener lost Redis and has not got it back yet: dicts do not wait for it
         self.closed = False
 
     # --- the connections, made on the running loop ---
@@ -93,7 +94,7 @@ class RedisStorage:
                 **CONNECTION_OPTIONS,
             )
             self._client = redis.Redis(connection_pool=pool)
-            self._pubsub, self._sent, self._listener = None, set(), None
+            self._pubsub, self._sent, self._listener, self._lost = None, set(), None, False
             self._lock, self.connected = asyncio.Lock(), asyncio.Event()
             self._subscribed = {channel: loop.create_future() for channel in self._books}
         if self._listener is None and not self.closed:
@@ -126,8 +127,7 @@ class RedisStorage:
         self._ready()
         self._add(book)
         await self._sync(book.channel)
-        assert self.connected is not None
-        if self.connected.is_set():
+        if not self._lost:  # connected, or connecting for the first time: its subscription is on its way
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._subscribed[book.channel]), SUBSCRIBED_WITHIN)
 
@@ -203,6 +203,7 @@ class RedisStorage:
                             await pubsub.execute_command('SUBSCRIBE', *channels[start : start + BATCH])
                         self._pubsub, self._sent = pubsub, set(channels)
                     self.connected.set()
+                    self._lost = False
                     if connected_before:
                         self.reconnections += 1
                         log.warning('storage listener connected to Redis again: reading %d dicts', len(channels))
@@ -219,6 +220,7 @@ class RedisStorage:
                     log.exception('storage listener failed; reconnecting')
                 finally:
                     self.connected.clear()
+                    self._lost = True
                     self._pubsub = None
                     with suppress(Exception):
                         await pubsub.aclose()

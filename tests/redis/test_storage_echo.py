@@ -11,6 +11,7 @@ import uuid
 import pytest
 import redis.asyncio as redis
 from nicegui import app, core
+from nicegui.persistence import RedisPersistentDict
 from nicegui.storage import Storage
 
 from casebook.web import shared_storage
@@ -161,4 +162,35 @@ async def test_nicegui_creates_user_storage_through_the_installed_factory(
         assert book.store is shared_storage.shared()
     finally:
         await book.close()
+        await shared_storage.shared().close()
+
+
+async def test_install_replaces_the_general_storage_nicegui_made_at_import(
+    nicegui_loop, monkeypatch, redis_client, redis_prefix
+) -> None:
+    """NiceGUI creates and loads its general storage when imported, before `install`: it would keep a client and a
+    subscription of its own. `install` puts one on the shared connections in its place, holding what was loaded."""
+    monkeypatch.setattr(Storage, 'redis_url', REDIS_URL)
+    monkeypatch.setattr(Storage, 'redis_key_prefix', redis_prefix)
+    monkeypatch.setattr(Storage, '_create_persistent_dict', Storage._create_persistent_dict)
+    monkeypatch.setattr(shared_storage, '_shared', None)
+    monkeypatch.setattr(app, '_shutdown_handlers', list(app._shutdown_handlers))
+    monkeypatch.setattr(app, '_startup_handlers', list(app._startup_handlers))
+    await redis_client.set(f'{redis_prefix}general', json.dumps({'notice': 'maintenance at 6'}))
+    original = RedisPersistentDict(url=REDIS_URL, id='general', key_prefix=redis_prefix)
+    await original.initialize()
+    monkeypatch.setattr(app.storage, '_general', original)
+    shared_storage.install()
+    general = app.storage.general
+    try:
+        assert isinstance(general, SharedRedisDict)
+        assert general.store is shared_storage.shared()
+        assert dict(general) == {'notice': 'maintenance at 6'}
+        assert original.close in app._startup_handlers  # NiceGUI's is closed when the app starts
+        await general.store.follow(general)  # (at start-up)
+        await redis_client.publish(general.channel, json.dumps({'notice': 'none'}))
+        await until(lambda: general.get('notice') == 'none', 'a change to the general storage arrived')
+    finally:
+        await original.close()
+        await general.close()
         await shared_storage.shared().close()
