@@ -12,34 +12,13 @@ import uuid
 
 import pytest
 import redis.asyncio as redis
-from nicegui import core
 
 from casebook.web import shared_storage
 from casebook.web.shared_storage import RedisStorage, SharedRedisDict
-from tests.redis.conftest import REDIS_URL, PrivateRedis
+from tests.redis.conftest import PrivateRedis
 
 WITHIN = 10.0
 BOOKS = 200
-
-
-@pytest.fixture
-async def nicegui_loop(monkeypatch):
-    """NiceGUI schedules storage writes on its own loop: here, the test's."""
-    monkeypatch.setattr(core, 'loop', asyncio.get_running_loop())
-
-
-@pytest.fixture
-async def instances(nicegui_loop):
-    """`instances(url)`: one instance's storage connections more, under a name of this test's own; closed afterwards."""
-    made: list[RedisStorage] = []
-
-    def make(url: str = REDIS_URL) -> RedisStorage:
-        made.append(RedisStorage(url, name=f'casebook-test-{uuid.uuid4().hex[:12]}'))
-        return made[-1]
-
-    yield make
-    for store in made:
-        await store.close()
 
 
 async def until(condition, what: str) -> None:

@@ -10,35 +10,15 @@ import uuid
 
 import pytest
 import redis.asyncio as redis
-from nicegui import app, core
+from nicegui import app
 from nicegui.persistence import RedisPersistentDict
 from nicegui.storage import Storage
 
 from casebook.web import shared_storage
-from casebook.web.shared_storage import RedisStorage, SharedRedisDict
+from casebook.web.shared_storage import SharedRedisDict
 from tests.redis.conftest import REDIS_URL
 
 WITHIN = 5.0
-
-
-@pytest.fixture
-async def nicegui_loop(monkeypatch):
-    """NiceGUI schedules storage writes on its own loop: here, the test's."""
-    monkeypatch.setattr(core, 'loop', asyncio.get_running_loop())
-
-
-@pytest.fixture
-async def instances():
-    """`instances()`: one instance's storage connections (RedisStorage) more; all closed afterwards."""
-    made: list[RedisStorage] = []
-
-    def make() -> RedisStorage:
-        made.append(RedisStorage(REDIS_URL))
-        return made[-1]
-
-    yield make
-    for store in made:
-        await store.close()
 
 
 async def until(condition, what: str) -> None:
