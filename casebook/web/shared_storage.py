@@ -335,6 +335,14 @@ class SharedRedisDict(RedisPersistentDict):
 
         background_tasks.create_lazy_or_defer(backup(), name=f'redis-{self.key}')
 
+    def clear(self) -> None:
+        PersistentDict.clear(self)  # as NiceGUI's, with the client taken when the deletion runs (on the loop)
+
+        async def delete() -> None:
+            await self.redis_client.delete(self.key)
+
+        background_tasks.create_lazy_or_defer(delete(), name=f'redis-delete-{self.key}')
+
     def apply(self, message: bytes | str) -> None:
         """Take over what another instance published; this dict's own echo is ignored."""
         text = message.decode('utf-8') if isinstance(message, bytes) else message
