@@ -16,6 +16,13 @@ live sessions (their browser storage written into Redis, as a login leaves it), 
 
     .venv/bin/python bench/cluster_load.py --instances 1 2 --clients 500 --duration 60
     .venv/bin/python bench/cluster_load.py --instances 2 --clients 20 --duration 10     # smoke
+    .venv/bin/python bench/cluster_load.py --instances 1 --clients 300 --sign-in form --reloads 2   # storage churn
+
+`--sign-in form`: the load tabs sign in through the login form (bench/load.py's `form`) instead of starting with
+a live session; `--reloads N`: once connected, each load tab reloads its page N times (a new page and tab each
+time) before the sends start. Both leave storage behind (the login page's, the reloaded pages'): the Redis
+figures are read after them — connections per instance (from `ss`, by process) and by connection name
+(CLIENT LIST), and this run's pub/sub channels.
 
 Everything is on 127.0.0.1 and stops by itself (bounded ramp-up, `--duration`, bounded drain, then the cluster).
 """
@@ -271,6 +278,24 @@ async def _pair_life(sender: Client, watcher: Client, go: asyncio.Event, stop_at
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
+async def _reloaded(clients: list[Client], times: int, stats: Stats) -> None:
+    """Each connected client reloads its page `times` times, as a browser tab does (a new page, a new tab id)."""
+    ramp = asyncio.Semaphore(RAMP_CONCURRENCY)
+
+    async def reload(client: Client) -> None:
+        for _ in range(times):
+            async with ramp:
+                try:
+                    await client.follow('/')
+                    await client.connect()
+                    await client.open_patient()
+                except Exception as error:
+                    stats.error('reload', f'{client.account.username}: {type(error).__name__} {error}')
+                    return
+
+    await asyncio.gather(*(reload(c) for c in clients if c.ws is not None and not c.ws.closed))
+
+
 async def run_once(
     instances: int,
     clients: int,
@@ -278,6 +303,9 @@ async def run_once(
     duration: float,
     interval: float = SEND_INTERVAL,
     casebook: str | None = None,
+    *,
+    form: bool = False,
+    reloads: int = 0,
 ) -> dict:
     tag = secrets.token_hex(4)
     database = f'casebook_bench_{tag}'
@@ -295,6 +323,8 @@ async def run_once(
         'duration_s': duration,
         'send_interval_s': interval,
         'casebook': casebook or 'this checkout',
+        'sign_in': 'form' if form else 'preset',
+        'reloads': reloads,
     }
     try:
 
@@ -314,7 +344,10 @@ async def run_once(
         stats = Stats()
         delivery: list[float] = []
         async with tab_session(CONNECT_TIMEOUT) as http:
-            load_clients = [Client(http, cluster.url, account, stats) for account in accounts[:clients]]
+            load_clients = [
+                Client(http, cluster.url, Account(a.index, a.username, None if form else a.cookie), stats)
+                for a in accounts[:clients]
+            ]
             senders = [Client(http, cluster.instance_urls[0], account, stats) for account in accounts[clients:]]
             watchers = [
                 Client(http, cluster.instance_urls[-1], Account(a.index, a.username, cookie), stats)
@@ -324,7 +357,7 @@ async def run_once(
             stop_at = [float('inf')]
             ramp_started = time.perf_counter()
             lives = [
-                asyncio.create_task(_client_life(c, False, ramp, ready, go, stop_at, stats, interval))
+                asyncio.create_task(_client_life(c, form, ramp, ready, go, stop_at, stats, interval))
                 for c in load_clients
             ]
             lives += [
@@ -332,6 +365,8 @@ async def run_once(
                 for s, w in zip(senders, watchers, strict=True)
             ]
             await _ramped(load_clients, stats, ramp_started)
+            if reloads:
+                await _reloaded(load_clients, reloads, stats)
             await asyncio.sleep(2)
             result['connected'] = sum(c.ws is not None and not c.ws.closed for c in load_clients)
             result['ramp_s'] = round(time.perf_counter() - ramp_started, 1)
@@ -377,7 +412,7 @@ async def run_once(
             result['machine_stolen_percent'] = round(stolen / total * 100, 1)
             result['load_average'] = {'before': load_before, 'after': load_average()}
             result['instance_rss_mib'] = [proc_status(pid).get('VmRSS') for pid in pids]
-            result['redis'] = await _redis_figures(redis_client)
+            result['redis'] = await _redis_figures(redis_client, prefix, pids)
             for task in lives:
                 task.cancel()
             await asyncio.gather(*(c.close() for c in load_clients + senders + watchers), return_exceptions=True)
@@ -428,15 +463,32 @@ def _machine_cpu_seconds() -> tuple[float, float, float]:
     return float(sum(fields) - idle), float(fields[7]), float(sum(fields))
 
 
-async def _redis_figures(client: redis.Redis) -> dict:
-    """Connections and channels on the Redis server while the cluster holds its tabs."""
+async def _redis_figures(client: redis.Redis, prefix: str, pids: list[int]) -> dict:
+    """Connections and channels on the Redis server while the cluster holds its tabs: all of them (other users of
+    the server included), each instance's (by process, from `ss`), by connection name, and this run's channels."""
     clients, stats = await client.info('clients'), await client.info('stats')
+    names: dict[str, int] = {}
+    for connection in await client.client_list():
+        name = connection.get('name') or '(unnamed)'
+        names[name] = names.get(name, 0) + 1
     return {
         'connected_clients': clients.get('connected_clients'),
+        'instance_connections': [_redis_connections_of(pid) for pid in pids],
+        'connections_by_name': names,
+        'run_pubsub_channels': len(await client.pubsub_channels(f'{prefix}*')),
         'pubsub_channels': len(await client.pubsub_channels()),
         'pubsub_patterns': await client.pubsub_numpat(),
         'total_commands_processed': stats.get('total_commands_processed'),
     }
+
+
+def _redis_connections_of(pid: int) -> int:
+    """Established TCP connections from process `pid` to Redis (REDIS_URL's port)."""
+    port = int(REDIS_URL.rsplit(':', 1)[1].split('/')[0])
+    listing = subprocess.run(
+        ['ss', '-tnpH', 'state', 'established', f'( dport = :{port} )'], capture_output=True, text=True
+    ).stdout
+    return sum(1 for line in listing.splitlines() if f'pid={pid},' in line)
 
 
 async def _table_sizes(database_url: str) -> dict:
@@ -503,6 +555,8 @@ def main() -> None:
         default=SEND_INTERVAL,
         help=f"seconds between one load tab's messages (default {SEND_INTERVAL:g}; the pairs always use that)",
     )
+    parser.add_argument('--sign-in', choices=['preset', 'form'], default='preset', help='how the load tabs sign in')
+    parser.add_argument('--reloads', type=int, default=0, help='page reloads per load tab before the sends')
     parser.add_argument('--name', default='cluster-load')
     parser.add_argument(
         '--casebook', help="the instances' casebook program, e.g. another checkout's .venv/bin/casebook (to compare)"
@@ -511,7 +565,18 @@ def main() -> None:
     results = {'machine': machine(), 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'runs': []}
     for instances in args.instances:
         results['runs'].append(
-            asyncio.run(run_once(instances, args.clients, args.pairs, args.duration, args.send_interval, args.casebook))
+            asyncio.run(
+                run_once(
+                    instances,
+                    args.clients,
+                    args.pairs,
+                    args.duration,
+                    args.send_interval,
+                    args.casebook,
+                    form=args.sign_in == 'form',
+                    reloads=args.reloads,
+                )
+            )
         )
     results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
     path = write_result(args.name, results)

@@ -400,7 +400,13 @@ class Client:
         ):
             raise Refused('not signed in: no workspace')
         await self.connect()
+        await self.open_patient()
+
+    async def open_patient(self) -> None:
+        """Open this client's patient, unless the page shows it open already (after a reload)."""
         header = f'Patient: {self.patient_id}'
+        if header in json.dumps(self.page.elements):
+            return
         future = self.expect(header)
         await self.set_value('Patient ID', self.patient_id)
         await self.click('Open patient')

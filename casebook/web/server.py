@@ -18,6 +18,7 @@ from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
 SESSION_COOKIE_DAYS = 30
+LIVE_CONNECTIONS = 4  # Redis connections of the live hub, login throttling and tickets (one instance)
 log = logging.getLogger(__name__)
 
 
@@ -89,7 +90,18 @@ def _shared_parts(settings: Settings, database: Database) -> runtime.Runtime:
     shared_storage.install()  # before the first browser's storage is created
     import redis.asyncio as redis
 
-    client = redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+    # at most LIVE_CONNECTIONS connections whatever the load (its listener holds one; a command waits for a free
+    # one), named so that CLIENT LIST tells them from NiceGUI storage's (casebook-storage, shared_storage.py)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=LIVE_CONNECTIONS,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=10,
+        client_name='casebook-live',
+    )
+    client = redis.Redis.from_pool(pool)  # closing the client closes the pool
     prefix = settings.redis_key_prefix
     hub = RedisHub(client, prefix=prefix)
     app.on_startup(hub.start)

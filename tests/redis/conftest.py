@@ -4,10 +4,13 @@
   its keys are deleted afterwards.
 - `private_redis`: a `redis-server` of this test's own on a free port, which the test may stop and start
   again (Redis "going away for a moment") without touching anyone else's.
+- `instances`: `instances(url)` is one more instance's NiceGUI storage connections (shared_storage.RedisStorage),
+  named for this test (CLIENT LIST); NiceGUI's storage writes run on the test's loop (`nicegui_loop`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+from nicegui import core
 
+from casebook.web.shared_storage import RedisStorage
 from support import REDIS_URL, free_port
 
 
@@ -39,6 +44,26 @@ async def redis_client(redis_prefix: str) -> AsyncIterator[redis.Redis]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture
+async def nicegui_loop(monkeypatch):
+    """NiceGUI schedules storage writes on its own loop: here, the test's."""
+    monkeypatch.setattr(core, 'loop', asyncio.get_running_loop())
+
+
+@pytest.fixture
+async def instances(nicegui_loop):
+    """`instances(url)`: one instance's storage connections more, under a name of this test's own; closed afterwards."""
+    made: list[RedisStorage] = []
+
+    def make(url: str = REDIS_URL) -> RedisStorage:
+        made.append(RedisStorage(url, name=f'casebook-test-{uuid.uuid4().hex[:12]}'))
+        return made[-1]
+
+    yield make
+    for store in made:
+        await store.close()
 
 
 class PrivateRedis:
