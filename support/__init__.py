@@ -138,7 +138,7 @@ class Server:
 
     def start(self) -> Server:
         """Start (again); returns once it is ready, raises ServerError when it exits or stays silent."""
-        assert self.process is None, 'the server is already running'
+        assert self.process is None or self.process.poll() is not None, 'the server is already running'
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         mode = 'ab' if self.started_before else 'wb'  # a new server: a new log
         self.started_before = True
