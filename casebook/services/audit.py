@@ -27,7 +27,7 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -375,43 +375,51 @@ def _to_row(event: AuditEvent) -> Row:
 _COLUMNS = (*(_EVENTS.c[field] for field in Row.__dataclass_fields__),)
 
 
-class _Walk:
-    """One chain walked oldest row first, against its head (count, hash, legacy)."""
+class ChainWalk:
+    """One chain walked oldest row first, then held against its head; verify_sync and a backup's check use it.
 
-    def __init__(self, chain: int, head: tuple[int, str, int]) -> None:
-        self.chain, (self.head_count, self.head_hash, self.legacy) = chain, head
-        self.count, self.prev, self.last = 0, GENESIS, 0
+    `legacy`: the head's legacy count (rows with seq up to it are in the form before migration 0011), or None
+    when it is not known yet (a backup file holds the heads after the rows): then the chain's first rows are
+    taken as in the old form while they fit it, and `end` checks that the head says as many.
+    """
 
-    def add(self, row: Row) -> str:
-        """'' when the row fits, else what is wrong with it."""
-        legacy = row.seq <= self.legacy
-        if legacy and row.seq != self.count + 1:
-            what = 'is missing' if row.seq > self.count + 1 else 'appears twice or out of order'
-            return f'audit row {self.count + 1} {what} (found row {row.seq} next)'
-        if row.prev_hash != self.prev:
+    def __init__(self, chain: int, legacy: int | None) -> None:
+        self.chain, self.legacy = chain, legacy
+        self.count, self.prev, self.last, self.old_rows, self.prefix = 0, GENESIS, 0, 0, True
+
+    def add(self, seq: int, prev_hash: str, digest: str, hash_as: Callable[[bool], str]) -> str:
+        """'' when the row fits, else what is wrong with it. `hash_as(legacy)` is the row's hash in one form."""
+        if self.legacy is None:
+            legacy = self.prefix = self.prefix and seq == self.count + 1 and hash_as(True) == digest
+        else:
+            legacy = seq <= self.legacy
+            if legacy and seq != self.count + 1:
+                what = 'is missing' if seq > self.count + 1 else 'appears twice or out of order'
+                return f'audit row {self.count + 1} {what} (found row {seq} next)'
+        if prev_hash != self.prev:
             before = f'row {self.last}' if self.last else "the chain's start"
             return (
-                f'audit row {row.seq} (chain {self.chain}): its link to {before} is broken (a row was changed, '
+                f'audit row {seq} (chain {self.chain}): its link to {before} is broken (a row was changed, '
                 'removed or inserted before it)'
             )
-        entry = Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
-        if legacy:
-            digest = legacy_row_hash(row.seq, row.at, entry, row.prev_hash)
-        else:
-            digest = row_hash(row.chain, row.seq, row.at, entry, row.prev_hash)
-        if digest != row.hash:
-            return f'audit row {row.seq} (chain {self.chain}): its content was changed'
-        self.count, self.prev, self.last = self.count + 1, row.hash, row.seq
+        if hash_as(legacy) != digest:
+            return f'audit row {seq} (chain {self.chain}): its content was changed'
+        self.count, self.prev, self.last = self.count + 1, digest, seq
+        self.old_rows += legacy
         return ''
 
-    def end(self) -> str:
-        if self.head_count == self.count and self.head_hash == self.prev:
-            return ''
-        if self.count > self.head_count:
-            found = f'found {self.count}, its head says {self.head_count}'
-            return f'audit chain {self.chain} has rows its head does not count ({found})'
-        after = f'after row {self.last}' if self.last else 'from its start'
-        return f'audit rows of chain {self.chain} {after} were removed (its head says {self.head_count} rows)'
+    def end(self, count: int, digest: str, legacy: int) -> str:
+        """'' when the chain ends where its head (count, hash, legacy) says, else what is wrong."""
+        if self.count > count:
+            return (
+                f'audit chain {self.chain} has rows its head does not count (found {self.count}, its head says {count})'
+            )
+        if count != self.count or digest != self.prev:
+            after = f'after row {self.last}' if self.last else 'from its start'
+            return f'audit rows of chain {self.chain} {after} were removed (its head says {count} rows)'
+        if self.legacy is None and legacy != self.old_rows:
+            return f'audit chain {self.chain}: its head says {legacy} rows are in the old form, not {self.old_rows}'
+        return ''
 
 
 def verify_sync(session: Session) -> Verdict:
@@ -423,7 +431,7 @@ def verify_sync(session: Session) -> Verdict:
             return Verdict(False, 0, f'the head of audit chain {chain} is missing')
     if len(heads) != CHAINS:
         return Verdict(False, 0, f'the trail has {len(heads)} chain heads, not {CHAINS}')
-    count, walks = 0, {chain: _Walk(chain, head) for chain, head in heads.items()}
+    count, walks = 0, {chain: ChainWalk(chain, head[2]) for chain, head in heads.items()}
     # plain rows, not ORM objects: a restored million-row trail is verified in seconds, not half a minute
     query = select(*_COLUMNS).order_by(_EVENTS.c.chain, _EVENTS.c.seq).execution_options(yield_per=2000)
     for values in session.execute(query):
@@ -431,11 +439,18 @@ def verify_sync(session: Session) -> Verdict:
         walk = walks.get(row.chain)
         if walk is None:
             return Verdict(False, count, f'audit row {row.seq} is in chain {row.chain}, which does not exist')
-        if problem := walk.add(row):
+        entry = Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
+
+        def hash_as(legacy: bool, row: Row = row, entry: Entry = entry) -> str:
+            if legacy:
+                return legacy_row_hash(row.seq, row.at, entry, row.prev_hash)
+            return row_hash(row.chain, row.seq, row.at, entry, row.prev_hash)
+
+        if problem := walk.add(row.seq, row.prev_hash, row.hash, hash_as):
             return Verdict(False, count, problem)
         count += 1
-    for walk in walks.values():
-        if problem := walk.end():
+    for chain, walk in walks.items():
+        if problem := walk.end(*heads[chain]):
             return Verdict(False, count, problem)
     return Verdict(True, count)
 

@@ -435,3 +435,32 @@ async def test_tampering_with_the_old_rows_is_found_after_migrating(
     await tamper(old_trail, statement)
     verdict = await verify(old_trail)
     assert not verdict.ok and verdict.problem.startswith(problem), verdict
+
+
+async def test_the_one_chain_comes_back_on_downgrade_only_while_no_row_is_in_the_chains_form(
+    old_trail: Database,
+) -> None:
+    url = make_url(old_trail.url)
+    sync_url = url.set(drivername='postgresql+psycopg' if url.get_backend_name() == 'postgresql' else 'sqlite+pysqlite')
+    await old_trail.dispose()
+
+    def migrate(revision: str, *, down: bool) -> None:
+        engine = create_engine(sync_url)
+        try:
+            with engine.begin() as connection:
+                (command.downgrade if down else command.upgrade)(alembic_config(connection), revision)
+                if down:
+                    append_the_old_way(connection, [audit.Entry(audit.SIGN_IN, 2, 'bob')])  # the old code goes on
+        finally:
+            engine.dispose()
+
+    await asyncio.to_thread(migrate, '0010', down=True)
+    await asyncio.to_thread(migrate, 'head', down=False)
+    verdict = await verify(old_trail)
+    assert verdict.ok and verdict.rows == 4, verdict
+    async with old_trail.session() as session:
+        await audit.record_now(session, audit.Entry(audit.SIGN_IN, 1, 'ada'))
+    await old_trail.dispose()
+    with pytest.raises(RuntimeError, match='cannot be made one chain'):
+        await asyncio.to_thread(migrate, '0010', down=True)
+    assert (await verify(old_trail)).ok  # the refused downgrade changed nothing

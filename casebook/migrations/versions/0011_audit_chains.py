@@ -63,6 +63,28 @@ END $$
 """
 
 
+NEW_APPEND_DROP = OLD_APPEND.replace('audit_append(', 'audit_append(integer, ')
+# migration 0005's, as it was (for downgrade)
+OLD_FUNCTION = """
+CREATE FUNCTION audit_append(
+    p_at timestamptz, p_middle text, p_action varchar, p_actor_id integer, p_actor varchar,
+    p_patient_id varchar, p_address varchar, p_detail varchar
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_prev varchar(64);
+    v_hash varchar(64);
+BEGIN
+    SELECT seq + 1, hash INTO v_seq, v_prev FROM audit_head WHERE id = 1 FOR UPDATE;
+    v_hash := encode(sha256(convert_to('[' || v_seq || ',' || p_middle || ',"' || v_prev || '"]', 'UTF8')), 'hex');
+    INSERT INTO audit_events (seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash, hash)
+    VALUES (v_seq, p_at, p_action, p_actor_id, p_actor, p_patient_id, p_address, p_detail, v_prev, v_hash);
+    UPDATE audit_head SET seq = v_seq, hash = v_hash WHERE id = 1;
+    RETURN v_seq;
+END $$
+"""
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     postgres = bind.dialect.name == 'postgresql'
@@ -89,4 +111,25 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError('the audit chains cannot be made one again (their rows hash their chain number)')
+    """Back to the one chain, only while every row is still in its old form (none appended since): a row of the
+    chains' form hashes its chain number, and the one chain's verify would call it broken."""
+    bind = op.get_bind()
+    postgres = bind.dialect.name == 'postgresql'
+    if postgres:
+        op.execute(sa.text('LOCK TABLE audit_head, audit_events IN EXCLUSIVE MODE'))
+    legacy = bind.scalar(sa.text('SELECT legacy FROM audit_head WHERE id = 1')) or 0
+    if bind.scalar(sa.text('SELECT count(*) FROM audit_events WHERE chain <> 1 OR seq > :legacy'), {'legacy': legacy}):
+        raise RuntimeError('audit rows were appended to the chains since migration 0011: they cannot be made one chain')
+    if postgres:
+        op.execute(sa.text(NEW_APPEND_DROP))
+        op.execute(sa.text('DROP SEQUENCE audit_events_seq'))
+        op.execute(sa.text(OLD_FUNCTION))
+    bind.execute(sa.text('DELETE FROM audit_head WHERE id <> 1'))
+    with op.batch_alter_table('audit_head') as batch:
+        batch.drop_constraint(op.f('ck_audit_head_chain_number'), type_='check')
+        batch.create_check_constraint(op.f('ck_audit_head_single_row'), 'id = 1')
+        batch.drop_column('legacy')
+    op.drop_index('ix_audit_events_chain_seq', 'audit_events')
+    op.drop_index('ix_audit_events_at_seq', 'audit_events')
+    op.create_index('ix_audit_events_at', 'audit_events', ['at'])
+    op.drop_column('audit_events', 'chain')
