@@ -9,6 +9,9 @@ The file (`.cbk`) is gzip'd UTF-8 text, one JSON value per line:
     …
     {"end": {"rows": {…}, "sha256": "<hex>"}}                   trailer: the counts again and the digest
 
+A file made before migration 0011 (one audit chain) has no `chain` column in audit_events nor `legacy` in
+audit_head, and one head row: it is read as chain 1's rows in the old hash form (ADDED_COLUMNS).
+
 The SHA-256 covers every byte of the uncompressed text before the trailer line (header included). Values are
 JSON numbers, strings, true/false and null; times are UTC in ISO 8601 with microseconds (`…+00:00`), so a file
 made from SQLite restores into PostgreSQL and back. Sessions, NiceGUI storage and the derived activity tables

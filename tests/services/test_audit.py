@@ -464,3 +464,22 @@ async def test_the_one_chain_comes_back_on_downgrade_only_while_no_row_is_in_the
     with pytest.raises(RuntimeError, match='cannot be made one chain'):
         await asyncio.to_thread(migrate, '0010', down=True)
     assert (await verify(old_trail)).ok  # the refused downgrade changed nothing
+
+
+async def test_the_chains_are_listed_and_exported_as_one_trail_by_time(database: Database) -> None:
+    """The admin's pages (keyset on time, then seq) and the CSV merge the chains: every row once, newest first."""
+    await two_clinicians(database)
+    async with database.session() as session:
+        await audit.record_now(session, audit.Entry(audit.SIGN_IN_FAILED, None, 'trudy', None, '10.0.0.9'))
+    stored = await rows(database)
+    assert len({row.chain for row in stored}) == 3
+    newest_first = sorted(stored, key=lambda row: (row.at, row.seq), reverse=True)
+    pages, before = [], None
+    async with database.session() as session:
+        while page := await audit.list_events(session, before=before, limit=3):
+            pages.append([row.seq for row in page])
+            before = (page[-1].at, page[-1].seq)
+        lines = ''.join([chunk async for chunk in audit.export_csv(session)]).splitlines()
+    assert pages == [[row.seq for row in newest_first[n : n + 3]] for n in range(0, 7, 3)]
+    assert [int(line.split(',')[0]) for line in lines[1:]] == [row.seq for row in reversed(newest_first)]
+    assert [int(line.split(',')[-1]) for line in lines[1:]] == [row.chain for row in reversed(newest_first)]

@@ -19,6 +19,9 @@ Revises: 0010
 Create Date: 2026-12-04
 """
 
+import importlib.util
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -64,25 +67,17 @@ END $$
 
 
 NEW_APPEND_DROP = OLD_APPEND.replace('audit_append(', 'audit_append(integer, ')
-# migration 0005's, as it was (for downgrade)
-OLD_FUNCTION = """
-CREATE FUNCTION audit_append(
-    p_at timestamptz, p_middle text, p_action varchar, p_actor_id integer, p_actor varchar,
-    p_patient_id varchar, p_address varchar, p_detail varchar
-) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    v_seq bigint;
-    v_prev varchar(64);
-    v_hash varchar(64);
-BEGIN
-    SELECT seq + 1, hash INTO v_seq, v_prev FROM audit_head WHERE id = 1 FOR UPDATE;
-    v_hash := encode(sha256(convert_to('[' || v_seq || ',' || p_middle || ',"' || v_prev || '"]', 'UTF8')), 'hex');
-    INSERT INTO audit_events (seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash, hash)
-    VALUES (v_seq, p_at, p_action, p_actor_id, p_actor, p_patient_id, p_address, p_detail, v_prev, v_hash);
-    UPDATE audit_head SET seq = v_seq, hash = v_hash WHERE id = 1;
-    RETURN v_seq;
-END $$
-"""
+
+
+def _one_chain_function() -> str:
+    """Migration 0005's audit_append (the one chain), as that migration makes it: for downgrade."""
+    spec = importlib.util.spec_from_file_location(
+        'casebook_migration_0005', Path(__file__).with_name('0005_audit_append.py')
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.APPEND
 
 
 def upgrade() -> None:
@@ -123,7 +118,7 @@ def downgrade() -> None:
     if postgres:
         op.execute(sa.text(NEW_APPEND_DROP))
         op.execute(sa.text('DROP SEQUENCE audit_events_seq'))
-        op.execute(sa.text(OLD_FUNCTION))
+        op.execute(sa.text(_one_chain_function()))
     bind.execute(sa.text('DELETE FROM audit_head WHERE id <> 1'))
     with op.batch_alter_table('audit_head') as batch:
         batch.drop_constraint(op.f('ck_audit_head_chain_number'), type_='check')
