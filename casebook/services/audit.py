@@ -9,7 +9,8 @@ Appending first advances the chain's head (an UPDATE, so that chain's concurrent
 fork it), then inserts the row in the caller's transaction: an audited action and its audit row are committed
 together or not at all. `seq` orders the whole trail and is unique (not gapless on PostgreSQL, where a
 sequence gives it once the chain's head is locked; within a chain it grows with the chain's order). `verify`
-walks every chain and names the first row that does not fit.
+walks every chain and names the first row that does not fit. Chain c's head row (id c) holds how many rows the
+chain has (`seq`) and its newest row's hash, so rows removed from a chain's end are noticed too.
 
 A row's hash is the SHA-256 of the UTF-8 of one compact JSON array (no spaces, non-ASCII characters as they
 are), `at` in UTC as `2026-12-03T09:00:00.000000+00:00`, a chain's first row's prev_hash 64 zeros (GENESIS):
