@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sqlite3
 import subprocess
@@ -47,25 +48,28 @@ BUDGETS = {'backup': 60.0, 'restore': 120.0, 'rss_mb': 300.0}
 
 
 def add_audit_rows(database: Path, rows: int) -> None:
-    """Append `rows` audit rows to the chain, each hashed as audit.record_sync would (message-written)."""
+    """Append `rows` audit rows to clinician 1's chain, each hashed as audit.record_sync would (message-written)."""
+    entry_of = functools.partial(audit.Entry, audit.MESSAGE_WRITTEN, 1, 'bench', 'BENCH-1000000', '127.0.0.1')
+    chain = audit.chain_of(entry_of(''))
     connection = sqlite3.connect(database)
     try:
-        seq, prev = connection.execute('SELECT seq, hash FROM audit_head WHERE id = 1').fetchone()
+        count, prev = connection.execute('SELECT seq, hash FROM audit_head WHERE id = ?', (chain,)).fetchone()
+        (last,) = connection.execute('SELECT coalesce(max(seq), 0) FROM audit_events').fetchone()
         start = datetime(2024, 1, 1, tzinfo=UTC)
         batch = []
-        for n in range(seq + 1, seq + rows + 1):
+        for n in range(last + 1, last + rows + 1):
             at = start + timedelta(seconds=30 * n)
-            entry = audit.Entry(audit.MESSAGE_WRITTEN, 1, 'bench', 'BENCH-1000000', '127.0.0.1', f'message {n}')
-            digest = audit.row_hash(n, at, entry, prev)
+            entry = entry_of(f'message {n}')
+            digest = audit.row_hash(chain, n, at, entry, prev)
             stored_at = at.replace(tzinfo=None).isoformat(' ', 'microseconds')
-            batch.append((n, stored_at, *entry.__dict__.values(), prev, digest))
+            batch.append((n, stored_at, *entry.__dict__.values(), prev, digest, chain))
             prev = digest
             if len(batch) >= 10_000:
                 _insert(connection, batch)
                 batch = []
         if batch:
             _insert(connection, batch)
-        connection.execute('UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1', (seq + rows, prev))
+        connection.execute('UPDATE audit_head SET seq = ?, hash = ? WHERE id = ?', (count + rows, prev, chain))
         connection.commit()
     finally:
         connection.close()
@@ -73,8 +77,8 @@ def add_audit_rows(database: Path, rows: int) -> None:
 
 def _insert(connection: sqlite3.Connection, batch: list[tuple]) -> None:
     connection.executemany(
-        'INSERT INTO audit_events (seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash, hash) '
-        'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO audit_events (seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash, hash, '
+        'chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
         batch,
     )
 

@@ -3,9 +3,10 @@
 Every send is one unit of work, as the app's composer runs it (`Composer._post` through
 `Workspace._for_this_session`): re-check the tab's session (`sessions.resolve_sync`: look it up with its
 clinician, and touch its last-seen time when that is older than the touch interval), then touch the
-conversation, insert the message, append the audit row (which locks the chain's one head row until the
-commit). That head row is the one thing all instances of a cluster queue on, so this is the ceiling of a
-whole cluster's write rate on one database, whatever the number of instances.
+conversation, insert the message, append the audit row (which locks its chain's head row until the
+commit). Before migration 0011 that was the one head row of the one chain, which all instances of a cluster
+queued on: the ceiling of a whole cluster's write rate on one database, whatever the number of instances.
+Since then each writer's clinician has a chain of their own (16 chains: writers 1..16 take 16 different ones).
 
 Each writer is a process of its own (no interpreter shared between writers), with its own clinician, signed-in
 session and conversation, sending as fast as it can through the same service functions the app uses. Only

@@ -228,14 +228,16 @@ class EnteredInError(Base):
 class AuditEvent(Base):
     """One line of the append-only audit trail: who did what, when, from where, to which patient.
 
-    Never message text or passwords. Each row carries a SHA-256 over its own content and the previous row's
-    hash, so a row changed, removed or inserted out of order breaks the chain (`casebook audit verify`).
-    The database refuses UPDATE and DELETE on this table (triggers, migration 0004).
+    Never message text or passwords. The trail is CHAINS hash chains side by side (`chain`, chosen by who acted):
+    each row carries a SHA-256 over its own content and the hash of the previous row of its chain, so a row
+    changed, removed or inserted out of order breaks its chain (`casebook audit verify`). `seq` orders the whole
+    trail (all chains) and is unique. The database refuses UPDATE and DELETE on this table (triggers, migration
+    0004).
     """
 
     __tablename__ = 'audit_events'
 
-    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)  # 1, 2, 3, … without gaps
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)  # increasing, over all chains
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     action: Mapped[str] = mapped_column(String(40))
     actor_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # no foreign key: the trail outlives rows
@@ -245,22 +247,30 @@ class AuditEvent(Base):
     detail: Mapped[str] = mapped_column(String(200), default='')
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    chain: Mapped[int] = mapped_column(Integer, default=1, server_default='1')  # 1..CHAINS (migration 0011); last
     __table_args__ = (
-        Index('ix_audit_events_at', 'at'),
+        Index('ix_audit_events_at_seq', 'at', 'seq'),  # the merged trail's order: time, then seq
         Index('ix_audit_events_actor_id', 'actor_id'),
+        Index('ix_audit_events_chain_seq', 'chain', 'seq'),  # one chain in order, for verify
     )
 
 
+AUDIT_CHAINS = 16  # how many chains the trail has: one head row each (migration 0011 made them)
+
+
 class AuditHead(Base):
-    """The chain's newest sequence number and hash, in one row: appending updates it first, which
-    serialises writers (and lets verify notice rows removed from the end)."""
+    """One chain's newest row: how many rows it has (`seq`) and the newest row's hash, one row per chain (id 1 to
+    AUDIT_CHAINS). Appending updates its chain's head first, which serialises that chain's writers (only
+    theirs) and lets verify notice rows removed from the chain's end. `legacy`: the chain's rows with seq up
+    to this were hashed in the form before migration 0011 (chain 1 only; 0 elsewhere)."""
 
     __tablename__ = 'audit_head'
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigId, default=0)
     hash: Mapped[str] = mapped_column(String(64))
-    __table_args__ = (CheckConstraint('id = 1', name='single_row'),)
+    legacy: Mapped[int] = mapped_column(BigId, default=0, server_default='0')
+    __table_args__ = (CheckConstraint(f'id BETWEEN 1 AND {AUDIT_CHAINS}', name='chain_number'),)
 
 
 class ActivityHour(Base):

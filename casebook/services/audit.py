@@ -1,13 +1,24 @@
 """The audit trail: append-only, hash-chained, and never holding message text or passwords.
 
-Every row's hash covers its own fields and the hash of the row before it. Appending first advances the
-one-row chain head (an UPDATE, so concurrent writers queue there and never fork the chain), then inserts
-the row in the caller's transaction: an audited action and its audit row are committed together or not
-at all. `verify` walks the chain and names the first row that does not fit.
+The trail is CHAINS (16) hash chains side by side, each with its own head row (audit_head, ids 1..CHAINS);
+a row goes to the chain of who acted (`chain_of`): the clinician's id when the row has one (1 + id mod
+CHAINS), else the name given (1 + CRC-32 of its UTF-8 mod CHAINS: a failed sign-in under a name), else chain
+1 (nobody named). So one clinician's actions are one ordered chain, and writers of different clinicians lock
+different head rows. Every row's hash covers its own fields and the hash of the row before it in its chain.
+Appending first advances the chain's head (an UPDATE, so that chain's concurrent writers queue there and never
+fork it), then inserts the row in the caller's transaction: an audited action and its audit row are committed
+together or not at all. `seq` orders the whole trail and is unique (not gapless on PostgreSQL, where a
+sequence gives it once the chain's head is locked; within a chain it grows with the chain's order). `verify`
+walks every chain and names the first row that does not fit. Chain c's head row (id c) holds how many rows the
+chain has (`seq`) and its newest row's hash, so rows removed from a chain's end are noticed too.
 
-A row's hash is the SHA-256 of the UTF-8 of one compact JSON array (no spaces, non-ASCII characters as they are):
-`[seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash]`, `at` in UTC as
-`2026-12-03T09:00:00.000000+00:00`; the first row's prev_hash is 64 zeros (GENESIS).
+A row's hash is the SHA-256 of the UTF-8 of one compact JSON array (no spaces, non-ASCII characters as they
+are), `at` in UTC as `2026-12-03T09:00:00.000000+00:00`, a chain's first row's prev_hash 64 zeros (GENESIS):
+
+- rows appended since migration 0011 (the chains):
+  `[chain, seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash]`;
+- rows appended before it (the one chain), now chain 1's first rows, seq 1 up to audit_head.legacy of chain 1:
+  `[seq, at, action, actor_id, actor, patient_id, address, detail, prev_hash]`.
 """
 
 from __future__ import annotations
@@ -16,18 +27,29 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, String, bindparam, delete, func, insert, select, update
+from sqlalchemy import Integer, String, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from casebook.models import ActivityHour, ActivityRollup, AuditEvent, AuditHead, UTCDateTime, storable, utcnow
+from casebook.models import (
+    AUDIT_CHAINS,
+    ActivityHour,
+    ActivityRollup,
+    AuditEvent,
+    AuditHead,
+    UTCDateTime,
+    storable,
+    utcnow,
+)
 
 GENESIS = '0' * 64
+CHAINS = AUDIT_CHAINS
 
 # What is recorded. Keep these names stable: they are what an auditor filters by.
 SIGN_IN = 'sign-in'
@@ -89,7 +111,7 @@ ACTIONS = (
     RESET_TWO_STEP,
 )
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode  # built once: hashed per row
-CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash')
+CSV_COLUMNS = ('seq', 'at', 'action', 'actor_id', 'actor', 'patient_id', 'address', 'detail', 'hash', 'chain')
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,7 @@ class Row:
     detail: str
     prev_hash: str
     hash: str
+    chain: int = 1
 
 
 @dataclass(frozen=True)
@@ -126,11 +149,14 @@ class Verdict:
 
 
 _EVENTS, _HEAD = AuditEvent.__table__, AuditHead.__table__
-_ADVANCE = update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
-_SET_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam('new_hash'))
+_CHAIN = bindparam('chain', type_=Integer())
+_ADVANCE = update(_HEAD).where(_HEAD.c.id == _CHAIN).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
+_NEXT_SEQ = select(func.coalesce(func.max(_EVENTS.c.seq), 0) + 1)
+_SET_HEAD = update(_HEAD).where(_HEAD.c.id == _CHAIN).values(hash=bindparam('new_hash'))
 _INSERT = insert(_EVENTS)
 _APPEND = select(
     func.audit_append(
+        _CHAIN,
         bindparam('at', type_=UTCDateTime()),
         bindparam('middle'),
         bindparam('action'),
@@ -141,6 +167,15 @@ _APPEND = select(
         bindparam('detail'),
     )
 )
+
+
+def chain_of(entry: Entry) -> int:
+    """The chain a row goes to (1..CHAINS): by the clinician's id, else by the name given, else chain 1."""
+    if entry.actor_id is not None:
+        return 1 + entry.actor_id % CHAINS
+    if entry.actor:
+        return 1 + zlib.crc32(entry.actor.encode()) % CHAINS
+    return 1
 
 
 def _middle(at: datetime, entry: Entry) -> str:
@@ -157,9 +192,16 @@ def _middle(at: datetime, entry: Entry) -> str:
     return _COMPACT_JSON(fields)[1:-1]
 
 
-def row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
-    # the same string as json.dumps([seq, *middle, prev_hash]); PostgreSQL's audit_append (migration 0005)
-    # builds it the same way from the same parts
+def row_hash(chain: int, seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
+    """The hash of a row appended since migration 0011 (the chains' form, with the chain number)."""
+    # the same string as json.dumps([chain, seq, *middle, prev_hash]); PostgreSQL's audit_append (migration
+    # 0011) builds it the same way from the same parts
+    content = f'[{int(chain)},{int(seq)},{_middle(at, entry)},{json.dumps(prev_hash)}]'
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def legacy_row_hash(seq: int, at: datetime, entry: Entry, prev_hash: str) -> str:
+    """The hash of a row appended before migration 0011 (the one chain's form, now chain 1's first rows)."""
     content = f'[{int(seq)},{_middle(at, entry)},{json.dumps(prev_hash)}]'
     return hashlib.sha256(content.encode()).hexdigest()
 
@@ -178,15 +220,17 @@ def record_sync(session: Session, entry: Entry) -> None:
         storable(entry.address[:64]),
         storable(entry.detail[:200]),
     )
-    row = {'at': at, **asdict(entry)}
+    chain = chain_of(entry)
+    row = {'at': at, **asdict(entry), 'chain': chain}
     if connection.dialect.name == 'postgresql':
-        # one round trip: the head's row lock lasts only until the commit that follows (see migration 0005)
+        # one round trip: the chain head's row lock lasts only until the commit that follows (see migration 0011)
         connection.execute(_APPEND, {**row, 'middle': _middle(at, entry)})
         return
-    seq, prev_hash = connection.execute(_ADVANCE).one()
-    digest = row_hash(seq, at, entry, prev_hash)
+    _count, prev_hash = connection.execute(_ADVANCE, {'chain': chain}).one()  # SQLite: the one writer from here
+    seq = connection.execute(_NEXT_SEQ).scalar_one()
+    digest = row_hash(chain, seq, at, entry, prev_hash)
     connection.execute(_INSERT, {**row, 'seq': seq, 'prev_hash': prev_hash, 'hash': digest})
-    connection.execute(_SET_HEAD, {'new_hash': digest})
+    connection.execute(_SET_HEAD, {'chain': chain, 'new_hash': digest})
 
 
 def record_now_sync(session: Session, entry: Entry) -> None:
@@ -325,35 +369,90 @@ def _to_row(event: AuditEvent) -> Row:
         event.detail,
         event.prev_hash,
         event.hash,
+        event.chain,
     )
 
 
+_COLUMNS = (*(_EVENTS.c[field] for field in Row.__dataclass_fields__),)
+
+
+class ChainWalk:
+    """One chain walked oldest row first, then held against its head; verify_sync and a backup's check use it.
+
+    `legacy`: the head's legacy count (rows with seq up to it are in the form before migration 0011), or None
+    when it is not known yet (a backup file holds the heads after the rows): then the chain's first rows are
+    taken as in the old form while they fit it, and `end` checks that the head says as many.
+    """
+
+    def __init__(self, chain: int, legacy: int | None) -> None:
+        self.chain, self.legacy = chain, legacy
+        self.count, self.prev, self.last, self.old_rows, self.prefix = 0, GENESIS, 0, 0, True
+
+    def add(self, seq: int, prev_hash: str, digest: str, hash_as: Callable[[bool], str]) -> str:
+        """'' when the row fits, else what is wrong with it. `hash_as(legacy)` is the row's hash in one form."""
+        if self.legacy is None:
+            legacy = self.prefix = self.prefix and seq == self.count + 1 and hash_as(True) == digest
+        else:
+            legacy = seq <= self.legacy
+            if legacy and seq != self.count + 1:
+                what = 'is missing' if seq > self.count + 1 else 'appears twice or out of order'
+                return f'audit row {self.count + 1} {what} (found row {seq} next)'
+        if prev_hash != self.prev:
+            before = f'row {self.last}' if self.last else "the chain's start"
+            return (
+                f'audit row {seq} (chain {self.chain}): its link to {before} is broken (a row was changed, '
+                'removed or inserted before it)'
+            )
+        if hash_as(legacy) != digest:
+            return f'audit row {seq} (chain {self.chain}): its content was changed'
+        self.count, self.prev, self.last = self.count + 1, digest, seq
+        self.old_rows += legacy
+        return ''
+
+    def end(self, count: int, digest: str, legacy: int) -> str:
+        """'' when the chain ends where its head (count, hash, legacy) says, else what is wrong."""
+        if self.count > count:
+            return (
+                f'audit chain {self.chain} has rows its head does not count (found {self.count}, its head says {count})'
+            )
+        if count != self.count or digest != self.prev:
+            after = f'after row {self.last}' if self.last else 'from its start'
+            return f'audit rows of chain {self.chain} {after} were removed (its head says {count} rows)'
+        if self.legacy is None and legacy != self.old_rows:
+            return f'audit chain {self.chain}: its head says {legacy} rows are in the old form, not {self.old_rows}'
+        return ''
+
+
 def verify_sync(session: Session) -> Verdict:
-    """Walk the whole chain, oldest first, in constant memory; the first row that does not fit is named."""
-    expected_seq, prev_hash, count = 1, GENESIS, 0
+    """Walk every chain, oldest row first, in constant memory; the first row that does not fit is named."""
+    columns = (_HEAD.c.id, _HEAD.c.seq, _HEAD.c.hash, _HEAD.c.legacy)
+    heads = {chain: (count, digest, legacy) for chain, count, digest, legacy in session.execute(select(*columns))}
+    for chain in range(1, CHAINS + 1):
+        if chain not in heads:
+            return Verdict(False, 0, f'the head of audit chain {chain} is missing')
+    if len(heads) != CHAINS:
+        return Verdict(False, 0, f'the trail has {len(heads)} chain heads, not {CHAINS}')
+    count, walks = 0, {chain: ChainWalk(chain, head[2]) for chain, head in heads.items()}
     # plain rows, not ORM objects: a restored million-row trail is verified in seconds, not half a minute
-    query = select(*_EVENTS.c).order_by(_EVENTS.c.seq).execution_options(yield_per=2000)
+    query = select(*_COLUMNS).order_by(_EVENTS.c.chain, _EVENTS.c.seq).execution_options(yield_per=2000)
     for values in session.execute(query):
         row = Row(*values)
-        if row.seq != expected_seq:
-            what = 'is missing' if row.seq > expected_seq else 'appears twice or out of order'
-            return Verdict(False, count, f'audit row {expected_seq} {what} (found row {row.seq} next)')
-        if row.prev_hash != prev_hash:
-            return Verdict(
-                False,
-                count,
-                f'audit row {row.seq}: its link to row {row.seq - 1} is broken (a row was changed, '
-                'removed or inserted before it)',
-            )
+        walk = walks.get(row.chain)
+        if walk is None:
+            return Verdict(False, count, f'audit row {row.seq} is in chain {row.chain}, which does not exist')
         entry = Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
-        if row_hash(row.seq, row.at, entry, row.prev_hash) != row.hash:
-            return Verdict(False, count, f'audit row {row.seq}: its content was changed')
-        expected_seq, prev_hash, count = row.seq + 1, row.hash, count + 1
-    head = session.get(AuditHead, 1)
-    if head is None:
-        return Verdict(False, count, 'the audit chain head is missing')
-    if head.seq != count or head.hash != prev_hash:
-        return Verdict(False, count, f'audit rows after row {count} were removed (the chain head says {head.seq})')
+
+        def hash_as(legacy: bool, row: Row = row, entry: Entry = entry) -> str:
+            if legacy:
+                return legacy_row_hash(row.seq, row.at, entry, row.prev_hash)
+            return row_hash(row.chain, row.seq, row.at, entry, row.prev_hash)
+
+        if problem := walk.add(row.seq, row.prev_hash, row.hash, hash_as):
+            return Verdict(False, count, problem)
+        count += 1
+    for chain, walk in walks.items():
+        if problem := walk.end(*heads[chain]):
+            return Verdict(False, count, problem)
     return Verdict(True, count)
 
 
@@ -381,7 +480,7 @@ def _filtered(
 async def list_events(
     session: AsyncSession,
     *,
-    before_seq: int | None = None,
+    before: tuple[datetime, int] | None = None,
     limit: int = 100,
     action: str | None = None,
     actor: str | None = None,
@@ -389,17 +488,20 @@ async def list_events(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[Row]:
-    """The newest matching rows first (keyset on seq)."""
+    """The newest matching rows first, all chains merged by time then seq; `before` is the (at, seq) of the
+    last row of the page before (keyset paging)."""
     query = _filtered(action=action, actor=actor, patient_id=patient_id, since=since, until=until)
-    if before_seq is not None:
-        query = query.where(AuditEvent.seq < before_seq)
-    events = await session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit))
+    if before is not None:
+        at, seq = before
+        query = query.where(or_(AuditEvent.at < at, and_(AuditEvent.at == at, AuditEvent.seq < seq)))
+    events = await session.scalars(query.order_by(AuditEvent.at.desc(), AuditEvent.seq.desc()).limit(limit))
     return [_to_row(event) for event in events]
 
 
 async def export_csv(session: AsyncSession, **filters) -> AsyncIterator[str]:
-    """The matching rows as CSV, oldest first, in chunks (streamed: the trail can be long)."""
-    query = _filtered(**filters).order_by(AuditEvent.seq).execution_options(yield_per=2000)
+    """The matching rows as CSV, oldest first (all chains merged by time then seq), in chunks (streamed: the
+    trail can be long)."""
+    query = _filtered(**filters).order_by(AuditEvent.at, AuditEvent.seq).execution_options(yield_per=2000)
     yield _csv_lines([CSV_COLUMNS])
     batch: list[tuple] = []
     async for event in await session.stream_scalars(query):
@@ -414,6 +516,7 @@ async def export_csv(session: AsyncSession, **filters) -> AsyncIterator[str]:
 def _csv_values(row: Row) -> tuple:
     at = row.at.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')
     values = (row.seq, at, row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail, row.hash)
+    values += (row.chain,)
     return tuple(_defuse(value) for value in values)
 
 

@@ -9,6 +9,9 @@ The file (`.cbk`) is gzip'd UTF-8 text, one JSON value per line:
     …
     {"end": {"rows": {…}, "sha256": "<hex>"}}                   trailer: the counts again and the digest
 
+A file made before migration 0011 (one audit chain) has no `chain` column in audit_events nor `legacy` in
+audit_head, and one head row: it is read as chain 1's rows in the old hash form (ADDED_COLUMNS).
+
 The SHA-256 covers every byte of the uncompressed text before the trailer line (header included). Values are
 JSON numbers, strings, true/false and null; times are UTC in ISO 8601 with microseconds (`…+00:00`), so a file
 made from SQLite restores into PostgreSQL and back. Sessions, NiceGUI storage and the derived activity tables
@@ -27,7 +30,7 @@ Restore reads the whole file once to check it (gzip integrity, format, digest, c
 before it touches the target, then refuses a target that holds data, then, in one transaction: inserts
 everything while reading the file a second time (its digest checked again before the commit), checks the
 foreign keys once at the end (not row by row), sets PostgreSQL's id sequences past the restored ids, sets the
-audit head to the backup's, and verifies the counts and the audit chain (audit.verify_sync) before committing.
+audit chains' heads to the backup's, and verifies the counts and the audit chain (audit.verify_sync) before committing.
 A chain that was already broken in the backup is restored as it was and reported: the notes are not held
 hostage by an altered trail, and the break stays visible.
 """
@@ -95,13 +98,16 @@ TABLES: tuple[Table, ...] = tuple(
 # Tables made by a later migration than the first backups': a file of an older schema revision has no section
 # for them (and no count in its header), and restores with them empty.
 ADDED_BY_REVISION = {'templates': '0008', 'two_step': '0009', 'recovery_codes': '0009', 'passkeys': '0010'}
+# Columns added to a table by a later migration, at its end: a file of an older revision has the others, and its
+# rows get the value the migration gave the rows there were (audit rows were chain 1's, in the old hash form).
+ADDED_COLUMNS = {'audit_events': ('chain', '0011'), 'audit_head': ('legacy', '0011')}
 # Left out on purpose: sign-ins end with a restore (everyone signs in again), and the chart's hourly counts are
 # derived from the audit trail and rebuilt on first need. A new table must be named in one of the two. The search
 # index (search.TABLE, made by its migration's own SQL, not a model) is rebuilt from the messages by a restore.
 NOT_BACKED_UP = frozenset({'auth_sessions', 'activity_hours', 'activity_rollup'})
 BATCH = 5000  # rows per read, per write and per insert: memory stays flat, round trips stay few
 COMPRESSLEVEL = 1  # gzip level: 1 is about 3x faster than 6 and the file only ~20% larger
-# tables whose rows say the target is in use; audit_head always has its one row after migrating
+# tables whose rows say the target is in use; audit_head always has its chains' rows after migrating
 IN_USE = ('installation', 'clinicians', 'templates', 'conversations', 'messages', 'entered_in_error', 'audit_events')
 _FORMAT_NAME = re.compile(r'casebook\.backup\.v(\d+)')
 _TIME = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00')
@@ -160,6 +166,26 @@ def tables_of(revision: str) -> tuple[Table, ...]:
         for table in TABLES
         if table.name not in ADDED_BY_REVISION or order.index(ADDED_BY_REVISION[table.name]) <= order.index(revision)
     )
+
+
+def columns_of(name: str, revision: str) -> tuple[_Column, ...]:
+    """The columns a table's section holds in a file of this (known) schema revision."""
+    columns = COLUMNS[name]
+    if name in ADDED_COLUMNS:
+        column, added = ADDED_COLUMNS[name]
+        order = _revisions()
+        if order.index(revision) < order.index(added):
+            return tuple(c for c in columns if c.name != column)
+    return columns
+
+
+def _as_now(name: str, revision: str, rows: list[list[Any]]) -> list[list[Any]]:
+    """Rows of an older file's section in this Casebook's columns (ADDED_COLUMNS)."""
+    if len(columns_of(name, revision)) == len(COLUMNS[name]):
+        return rows
+    if name == 'audit_events':  # before the chains: chain 1, all of it
+        return [[*row, 1] for row in rows]
+    return [[*row, row[1]] for row in rows]  # audit_head: all the one chain's rows are in the old form
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -506,6 +532,7 @@ class _Parser:
         self.progress = progress
         self.phase = phase
         self.validate = validate
+        self.revision = ''  # the file's schema revision, from its header
         self.done = 0
         self.total = 0
 
@@ -515,8 +542,9 @@ class _Parser:
         self.digest.update(line + b'\n')
         self.total = sum(header['rows'].values())
         yield header
+        self.revision = header['schema_revision']
         line = self._take('it has no tables (truncated)')
-        for table in tables_of(header['schema_revision']):
+        for table in tables_of(self.revision):
             line = yield from self._section(table.name, line)
         self._trailer(self._value(line), header)
 
@@ -537,13 +565,13 @@ class _Parser:
         section = self._value(line)
         if not isinstance(section, dict) or section.get('table') != name:
             raise _Faulty(f'line {self.lines.number}: the {name} section was expected here')
-        if section.get('columns') != [c.name for c in COLUMNS[name]]:
+        if section.get('columns') != [c.name for c in columns_of(name, self.revision)]:
             raise _Faulty(f'the {name} section has other columns than this Casebook stores')
         self.digest.update(line + b'\n')
         count = 0
         while run := self.lines.rows(BATCH):
             self.digest.update(b'\n'.join(run) + b'\n')
-            rows = self._rows(name, run, self.lines.number - len(run) + 1)
+            rows = _as_now(name, self.revision, self._rows(name, run, self.lines.number - len(run) + 1))
             count += len(rows)
             yield name, rows
             self.done += len(rows)
@@ -563,9 +591,10 @@ class _Parser:
                 if not isinstance(_json_or_none(line), list):
                     raise _Faulty(f'line {number} is not well-formed JSON')
             raise _Faulty(f'line {first}: a row line holds more than one row')
-        if self.validate and not _rows_valid(COLUMNS[name], rows):
+        columns = columns_of(name, self.revision)
+        if self.validate and not _rows_valid(columns, rows):
             for number, row in enumerate(rows, first):
-                _check_row(name, COLUMNS[name], row, number)
+                _check_row(name, columns, row, number)
         return rows
 
     def _trailer(self, trailer: Any, header: dict[str, Any]) -> None:
@@ -578,8 +607,9 @@ class _Parser:
             raise _Faulty('its content does not match its SHA-256 (the file was changed or damaged)')
         if end.get('rows') != self.counted or header['rows'] != self.counted:
             raise _Faulty(f'its row counts do not match the rows it holds ({_counts(self.counted)})')
-        if self.counted['audit_head'] != 1 or self.counted['installation'] > 1:
-            raise _Faulty('it has not the one audit head row (or more than one installation row)')
+        heads = 1 if len(columns_of('audit_head', self.revision)) < len(COLUMNS['audit_head']) else audit.CHAINS
+        if self.counted['audit_head'] != heads or self.counted['installation'] > 1:
+            raise _Faulty(f'it has not {heads} audit chain head rows (or more than one installation row)')
 
 
 def _json_or_none(line: bytes) -> Any:
@@ -662,39 +692,49 @@ def _counts(rows: dict[str, int]) -> str:
 
 
 class _Chain:
-    """The audit chain as the file holds it, checked row by row as audit.verify_sync checks the database's."""
+    """The audit chains as the file holds them, checked row by row as audit.verify_sync checks the database's (the
+    rows come in seq order, the chains interleaved; the heads come after them)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.prev = audit.GENESIS
+        self.walks: dict[int, audit.ChainWalk] = {}
         self.problem = ''
 
     def add(self, table: str, rows: list[list[Any]]) -> None:
         if table == 'audit_events':
             self.rows(rows)
         elif table == 'audit_head':
-            self.head(rows)
+            self.heads(rows)
 
     def rows(self, rows: list[list[Any]]) -> None:
         for row in rows:
             if self.problem:
                 return
-            seq, prev_hash, digest = row[0], row[8], row[9]
-            if seq != self.count + 1:
-                self.problem = f'audit row {self.count + 1} is missing (found row {seq} next)'
-            elif prev_hash != self.prev:
-                self.problem = f'audit row {seq}: its link to row {seq - 1} is broken'
-            # audit.row_hash hashes the JSON of [seq, at, action, actor_id, actor, patient_id, address, detail,
-            # prev_hash] (compact, not ASCII-escaped, `at` as in this file): the row's first nine values as they are
-            elif hashlib.sha256(_ENCODE(row[:9]).encode()).hexdigest() != digest:
-                self.problem = f'audit row {seq}: its content was changed'
-            else:
-                self.count, self.prev = seq, digest
+            seq, prev_hash, digest, chain = row[0], row[8], row[9], row[10]
+            walk = self.walks.get(chain)
+            if walk is None:
+                if not 1 <= chain <= audit.CHAINS:
+                    self.problem = f'audit row {seq} is in chain {chain}, which does not exist'
+                    return
+                walk = self.walks[chain] = audit.ChainWalk(chain, None)
 
-    def head(self, rows: list[list[Any]]) -> None:
-        (_id, seq, digest), *_ = rows
-        if not self.problem and (seq, digest) != (self.count, self.prev):
-            self.problem = f'audit rows after row {self.count} were removed (the chain head says {seq})'
+            # audit.row_hash hashes the JSON of [chain, seq, at, action, actor_id, actor, patient_id, address,
+            # detail, prev_hash], audit.legacy_row_hash the same without chain (compact, not ASCII-escaped, `at`
+            # as in this file): the row's first nine values as they are, after its chain or not
+            def hash_as(legacy: bool, row: list[Any] = row) -> str:
+                return hashlib.sha256(_ENCODE(row[:9] if legacy else [row[10], *row[:9]]).encode()).hexdigest()
+
+            self.problem = walk.add(seq, prev_hash, digest, hash_as)
+            self.count += not self.problem
+
+    def heads(self, rows: list[list[Any]]) -> None:
+        heads = {chain: (count, digest, legacy) for chain, count, digest, legacy in rows}
+        for chain in range(1, audit.CHAINS + 1):
+            if self.problem:
+                return
+            if chain not in heads:  # a file of the one chain: the other heads are made by migrating
+                heads[chain] = (0, audit.GENESIS, 0)
+            self.problem = self.walks.get(chain, audit.ChainWalk(chain, None)).end(*heads[chain])
 
     def verdict(self) -> audit.Verdict:
         return audit.Verdict(not self.problem, self.count, self.problem)
@@ -844,27 +884,31 @@ def _copy(connection: Connection, name: str, rows: list[list[Any]]) -> None:
 
 
 def _set_head(connection: Connection, rows: list[list[Any]]) -> None:
-    """The head row exists after migrating (seq 0): it becomes the backup's. Only audit_events refuses updates."""
-    ((_id, seq, digest),) = rows
+    """The chains' head rows exist after migrating (seq 0): they become the backup's (a file of the one chain has
+    chain 1's only). Only audit_events refuses updates."""
     head = AuditHead.__table__
-    connection.execute(head.update().where(head.c.id == 1).values(seq=seq, hash=digest))
+    for chain, seq, digest, legacy in rows:
+        connection.execute(head.update().where(head.c.id == chain).values(seq=seq, hash=digest, legacy=legacy))
 
 
 def _set_sequences(connection: Connection) -> None:
     """New rows get ids after the restored ones (COPY gives explicit ids, so the sequences did not move)."""
     for table in TABLES:
         if table.name in ('audit_events', 'audit_head') or 'id' not in table.c:
-            continue  # seq is given by the chain, not a sequence; the head has one row; two_step is keyed by clinician
+            continue  # seq's sequence is set below; the heads are the chains'; two_step is keyed by clinician
         connection.exec_driver_sql(
             f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), max(id)) FROM {table.name} "  # noqa: S608 (ours)
             'HAVING max(id) IS NOT NULL'
         )
+    connection.exec_driver_sql(  # the trail's order goes on after the restored rows (migration 0011)
+        "SELECT setval('audit_events_seq', max(seq)) FROM audit_events HAVING max(seq) IS NOT NULL"
+    )
 
 
 def _verify(connection: Connection, summary: Summary, path: Path) -> audit.Verdict:
     """Counts and audit chain as the target now holds them, inside the restore's transaction."""
     held = {table.name: connection.scalar(select(func.count()).select_from(table)) or 0 for table in TABLES}
-    if held != summary.rows:
+    if held != summary.rows | {'audit_head': audit.CHAINS}:  # a file of the one chain has one head
         raise BackupError(f'the restored counts differ from the backup ({_counts(held)}); nothing was restored')
     with Session(bind=connection) as session:
         verdict = audit.verify_sync(session)

@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from casebook import cli
 from casebook.db import Database, alembic_config, run_on_own_loop
 from casebook.models import Clinician, Conversation
-from casebook.services import accounts, backup, conversations, passkeys, templates, two_step
+from casebook.services import accounts, audit, backup, conversations, passkeys, templates, two_step
 from support import CASEBOOK, clean_env
 from tests.conftest import FINISHED_BAR, PASSWORD, Terminal, add_clinician
 
@@ -431,7 +431,7 @@ def test_a_damaged_or_foreign_file_is_refused_whole(database, casebook, good_bac
         assert code == 2 and out == ''
         assert err.startswith(f'casebook: {file}: ') and err.count('\n') == 1, err
         assert message in err
-    assert counts(database.url) == before == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+    assert counts(database.url) == before == dict.fromkeys(TABLES, 0) | {'audit_head': 16}
 
 
 def test_a_target_in_use_is_refused_and_left_as_it_was(database, casebook, good_backup):
@@ -486,7 +486,7 @@ def test_the_file_is_checked_again_while_restoring(database, good_backup, tmp_pa
     monkeypatch.setattr(backup, 'check', check_then_change)
     with pytest.raises(backup.BackupError, match='does not match its SHA-256'):
         backup.restore(database.url, file)
-    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 16}
 
 
 # ----- one transaction's view -----------------------------------------------------------------------------------
@@ -601,13 +601,11 @@ def test_a_chain_broken_before_the_backup_is_restored_as_it_was_and_reported(dat
     lines[section + 2] = (json.dumps(row, ensure_ascii=False, separators=(',', ':')) + '\n').encode()
     rewritten(file, lines)
     code, out, err = casebook(database.url, 'restore', '--check', str(file))
-    assert code == 1 and 'audit trail in it is broken: audit row 2: its content was changed' in err
+    assert code == 1 and 'audit trail in it is broken: audit row 2 (chain 2): its content was changed' in err
     code, out, err = casebook(database.url, 'restore', str(file))
     assert code == 1 and 'the counts match' in out
-    assert (
-        err
-        == 'casebook: restored, but the audit trail was broken in the backup: audit row 2: its content was changed\n'
-    )
+    broken = 'audit row 2 (chain 2): its content was changed'
+    assert err == f'casebook: restored, but the audit trail was broken in the backup: {broken}\n'
     assert counts(database.url)['messages'] == 14
 
 
@@ -622,7 +620,7 @@ def test_rows_referring_to_missing_rows_are_refused_whole(database, casebook, go
     rewritten(file, lines)
     code, out, err = casebook(database.url, 'restore', str(file))
     assert code == 2 and out == '' and err.count('\n') == 1 and 'nothing was restored' in err
-    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 1}
+    assert counts(database.url) == dict.fromkeys(TABLES, 0) | {'audit_head': 16}
     assert casebook(database.url, 'restore', str(good_backup))[0] == 0  # and the foreign keys are back in place
     with pytest.raises(Exception, match=r'(?i)foreign key'):
         run_on_own_loop(lambda: _dangling_message(database.url))
@@ -672,8 +670,11 @@ def as_made_at(path: Path, revision: str) -> None:
     after that revision (backup.ADDED_BY_REVISION)."""
     lines = lines_of(path)
     header, trailer = json.loads(lines[0]), json.loads(lines[-1])
-    assert header['schema_revision'] == '0010'  # the newest: written by this Casebook
+    assert header['schema_revision'] == '0011'  # the newest: written by this Casebook
     header['schema_revision'] = revision
+    if revision < '0011':
+        lines = as_one_chain(lines)
+        header['rows']['audit_head'] = trailer['end']['rows']['audit_head'] = 1
     for name, added in backup.ADDED_BY_REVISION.items():
         if added <= revision:
             continue
@@ -683,6 +684,68 @@ def as_made_at(path: Path, revision: str) -> None:
         lines = [*lines[:start], *lines[end:]]
     lines = [(json.dumps(header) + '\n').encode(), *lines[1:-1], (json.dumps(trailer) + '\n').encode()]
     rewritten(path, lines)
+
+
+def as_one_chain(lines: list[bytes]) -> list[bytes]:
+    """The audit sections as a Casebook before migration 0011 wrote them: one chain, its rows in seq order (1, 2, …)
+    hashed without a chain number, one head row; no chain column, no legacy column."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode
+    events = lines.index(next(line for line in lines if line.startswith(b'{"table":"audit_events"')))
+    head = lines.index(next(line for line in lines if line.startswith(b'{"table":"audit_head"')))
+    out, prev = [], audit.GENESIS
+    for number, line in enumerate(lines[events + 1 : head], 1):
+        row = json.loads(line)[:8]
+        assert row[0] == number  # SQLite's seq has no gaps
+        row.append(prev)
+        prev = hashlib.sha256(encode(row).encode()).hexdigest()
+        out.append((encode([*row, prev]) + '\n').encode())
+    section = json.loads(lines[events])
+    section['columns'] = section['columns'][:10]
+    head_section = json.loads(lines[head])
+    head_section['columns'] = head_section['columns'][:3]
+    end = head + 1 + audit.CHAINS
+    return [
+        *lines[:events],
+        (encode(section) + '\n').encode(),
+        *out,
+        (encode(head_section) + '\n').encode(),
+        (encode([1, len(out), prev]) + '\n').encode(),
+        *lines[end:],
+    ]
+
+
+def test_a_file_of_the_one_chain_restores_into_the_chains(database, casebook, good_backup, tmp_path):
+    """A backup made before migration 0011 (one chain, the old hash form) restores as chain 1's first rows:
+    it verifies, and new rows go on in the chains."""
+    file = tmp_path / 'one-chain.cbk'
+    file.write_bytes(good_backup.read_bytes())
+    as_made_at(file, '0010')
+    assert b'"chain"' not in gzip.decompress(file.read_bytes())
+    rows = counts_in(good_backup)['audit_events']
+    code, _out, err = casebook(database.url, 'restore', str(file))
+    assert (code, err) == (0, ''), err
+    assert casebook(database.url, 'audit', 'verify')[1] == f'audit trail intact: {rows} rows\n'
+
+    async def append() -> None:
+        db = Database(database.url)
+        try:
+            async with db.session() as session:
+                await audit.record_now(session, audit.Entry(audit.SIGN_IN, 1, 'ada'))
+                await audit.record_now(session, audit.Entry(audit.LOGOFF, None, '', None, '', 'system'))  # chain 1
+        finally:
+            await db.dispose()
+
+    run_on_own_loop(append)
+    assert casebook(database.url, 'audit', 'verify')[1] == f'audit trail intact: {rows + 2} rows\n'
+    damaged = tmp_path / 'one-chain-altered.cbk'
+    lines = lines_of(file)
+    section = lines.index(next(line for line in lines if line.startswith(b'{"table":"audit_events"')))
+    row = json.loads(lines[section + 3])
+    row[7] = 'altered'
+    lines[section + 3] = (json.dumps(row, ensure_ascii=False, separators=(',', ':')) + '\n').encode()
+    rewritten(damaged, lines)
+    code, _out, err = casebook(database.url, 'restore', '--check', str(damaged))
+    assert code == 1 and 'audit trail in it is broken: audit row 3 (chain 1): its content was changed' in err, err
 
 
 def as_made_before_templates(path: Path) -> None:

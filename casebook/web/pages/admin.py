@@ -58,7 +58,7 @@ class AdminPage:
         self.token = token
         self.client = ui.context.client
         self.zone = ZoneInfo(auth.notebook().timezone or 'UTC')
-        self.oldest_seq: int | None = None
+        self.oldest: tuple[datetime, int] | None = None  # (at, seq) of the last row shown: where "older" goes on
 
     @property
     def address(self) -> str:
@@ -430,9 +430,7 @@ class AdminPage:
             return
         try:
             async with runtime.current().database.session() as session:
-                rows = await audit.list_events(
-                    session, before_seq=self.oldest_seq if older else None, limit=PAGE, **filters
-                )
+                rows = await audit.list_events(session, before=self.oldest if older else None, limit=PAGE, **filters)
         except DATABASE_ERRORS:
             self.filter_error.set_text(UNREACHABLE)
             return
@@ -440,7 +438,7 @@ class AdminPage:
         self.audit_table.rows = (self.audit_table.rows if older else []) + shown
         self.audit_table.update()
         if rows:
-            self.oldest_seq = rows[-1].seq
+            self.oldest = (rows[-1].at, rows[-1].seq)
         self.older.set_visibility(len(rows) == PAGE)
 
     async def _older(self) -> None:
