@@ -1,0 +1,61 @@
+"""An idle tab's costs cut (casebook/web/idle_tabs.py): the outbox waits for its signal alone, pings are rarer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nicegui
+from nicegui import core
+from nicegui.outbox import Outbox
+from nicegui.testing import User
+
+from casebook.web import idle_tabs
+from tests.web.helpers import create_first_account, open_patient, send
+
+
+def test_the_outbox_loop_replaced_is_the_one_installed() -> None:
+    """The copy in idle_tabs repeats NiceGUI's loop of one version; another version's is left alone, and this
+    fails until the copy has been compared with it and its fingerprint recorded."""
+    assert idle_tabs.REPLACED_LOOP.get(nicegui.__version__) == idle_tabs.loop_fingerprint()
+    assert idle_tabs.install()
+    assert Outbox.loop is idle_tabs._quiet_loop
+
+
+def test_uvicorn_does_not_ping_beside_engine_io() -> None:
+    assert idle_tabs.uvicorn_options() == {'ws_ping_interval': None, 'ws_ping_timeout': None}
+
+
+async def test_start_up_sets_the_pings_and_an_idle_outbox_sleeps_until_there_is_something(user: User) -> None:
+    await create_first_account(user)
+    assert core.sio.eio.ping_interval == idle_tabs.PING_INTERVAL
+    assert core.sio.eio.ping_timeout == idle_tabs.PING_TIMEOUT
+    await open_patient(user, 'P-1')
+    outbox = user.client.outbox
+    task = next(t for t in asyncio.all_tasks() if t.get_name() == f'outbox loop {user.client.id}')
+    await asyncio.sleep(0.05)
+    assert not outbox._enqueue_event.is_set()
+    waiting = _awaited(task)
+    assert [c.cr_code.co_name for c in waiting] == ['_quiet_loop', 'wait']
+    await asyncio.sleep(1.2)  # NiceGUI's own loop would have timed out and waited anew by now
+    assert _awaited(task)[-1] is waiting[-1]  # the same wait, never woken
+    send(user, 'still delivered')
+    await user.should_see('still delivered')
+
+
+async def test_a_stopped_outbox_ends_its_loop(user: User) -> None:
+    await create_first_account(user)
+    outbox = user.client.outbox
+    task = next(t for t in asyncio.all_tasks() if t.get_name() == f'outbox loop {user.client.id}')
+    await asyncio.sleep(0.05)
+    outbox.stop()
+    await asyncio.wait_for(task, 1)
+    assert task.done() and not task.cancelled()
+
+
+def _awaited(task: asyncio.Task) -> list:
+    """The chain of coroutines the task is suspended in, outermost first."""
+    chain, coroutine = [], task.get_coro()
+    while coroutine is not None and hasattr(coroutine, 'cr_code'):
+        chain.append(coroutine)
+        coroutine = coroutine.cr_await
+    return chain
