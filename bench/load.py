@@ -520,9 +520,12 @@ async def run_once(
             idle_profile = RESULTS / f'profile-{name}-{count}-idle.txt'
             spy = start_profile(server.pid, idle_seconds, idle_profile) if profile else None
             idle_cpu, idle_started = proc_cpu_seconds(server.pid), time.perf_counter()
+            idle_main = proc_cpu_seconds(server.pid, main_thread=True)
             await asyncio.sleep(idle_seconds)
             idle_elapsed = time.perf_counter() - idle_started
             idle_cpu = proc_cpu_seconds(server.pid) - idle_cpu
+            idle_main = proc_cpu_seconds(server.pid, main_thread=True) - idle_main
+            result['server_cpu_percent_idle_main_thread'] = round(idle_main / idle_elapsed * 100, 2)
             result['server_cpu_percent_idle'] = round(idle_cpu / idle_elapsed * 100, 2)
             result['server_cpu_percent_idle_per_tab'] = round(idle_cpu / idle_elapsed * 100 / max(1, connected), 5)
             if spy is not None:
@@ -531,6 +534,7 @@ async def run_once(
             stats.latencies_ms.clear()
             stats.timeline.clear()
             cpu_before, usage_before = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+            main_before = proc_cpu_seconds(server.pid, main_thread=True)
             load_before = load_average()
             started = time.perf_counter()
             result['_started'] = started
@@ -545,11 +549,17 @@ async def run_once(
             await asyncio.wait(lives, timeout=ACK_TIMEOUT + SEND_INTERVAL + 5)
             elapsed = time.perf_counter() - started
             cpu_after, usage_after = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+            main_after = proc_cpu_seconds(server.pid, main_thread=True)
             result['load_average'] = {'before': load_before, 'after': load_average()}
             result['server_cpu_percent_of_one_core'] = round((cpu_after - cpu_before) / elapsed * 100, 1)
             result['server_cpu_seconds'] = round(cpu_after - cpu_before, 2)
             result['server_cpu_ms_per_send_beyond_idle'] = (
                 round((cpu_after - cpu_before - idle_cpu / idle_elapsed * elapsed) * 1000 / stats.sent, 2)
+                if stats.sent
+                else None
+            )
+            result['server_cpu_ms_per_send_beyond_idle_main_thread'] = (
+                round((main_after - main_before - idle_main / idle_elapsed * elapsed) * 1000 / stats.sent, 2)
                 if stats.sent
                 else None
             )
