@@ -203,7 +203,10 @@ class Composer:
                 await self._reload_newest()  # the clinician wrote while reading far back: jump to the newest
             if not self._show_message(message) and message.id not in self.list.views:
                 ui.notify('Saved. Scroll down to see the newest messages.', type='positive')
-            ui.run_javascript('window.casebookScroll.toNewest()')
+            if (card := self.list.views.get(message.id)) is not None:
+                card.scroll_to_newest()  # in the card's own update: no second frame for the scroll
+            else:
+                ui.run_javascript('window.casebookScroll.toNewest()')
         return message
 
     async def _message_actions(self, message_id: int) -> None:

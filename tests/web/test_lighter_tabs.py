@@ -1,8 +1,9 @@
-"""An idle tab's costs cut (casebook/web/idle_tabs.py): the outbox waits for its signal alone, pings are rarer."""
+"""Lighter tabs (issue 17): an idle tab costs little (casebook/web/idle_tabs.py), a send sends little."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nicegui
 from nicegui import core
@@ -10,7 +11,8 @@ from nicegui.outbox import Outbox
 from nicegui.testing import User
 
 from casebook.web import idle_tabs
-from tests.web.helpers import create_first_account, open_patient, send
+from casebook.web.message_list import MessageCard
+from tests.web.helpers import create_first_account, open_patient, send, should_see_message
 
 
 def test_the_outbox_loop_replaced_is_the_one_installed() -> None:
@@ -59,3 +61,30 @@ def _awaited(task: asyncio.Task) -> list:
         chain.append(coroutine)
         coroutine = coroutine.cr_await
     return chain
+
+
+async def test_a_send_scrolls_in_the_cards_own_update_and_only_once(user: User) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'P-1')
+    outbox = user.client.outbox
+    emitted: list[tuple[str, dict]] = []
+    emit = outbox._emit
+
+    async def recording(message):
+        emitted.append((message[1], json.loads(json.dumps(message[2], default=str))))  # as it went out
+        await emit(message)
+
+    outbox._emit = recording
+    send(user, 'a note')
+    await should_see_message(user, 'a note')
+    send(user, 'another note')
+    await should_see_message(user, 'another note')
+    await asyncio.sleep(0.1)
+    logs = [element for element in user.client.elements.values() if element.props.get('role') == 'log']
+    cards = [card for log in logs for card in log.default_slot.children if isinstance(card, MessageCard)]
+    first = next(c for c in cards if c.text == 'a note')
+    drawn = [data[str(first.id)]['props'] for kind, data in emitted if kind == 'update' and str(first.id) in data]
+    assert drawn[0].get('scroll') == 'newest'  # the card's first drawing scrolls the page to it
+    assert all('scroll' not in props for props in drawn[1:])  # no later one does (its date divider, say)
+    assert not [data for kind, data in emitted if kind == 'run_javascript' and 'toNewest' in data.get('code', '')]
+    assert 'scroll' not in first._to_dict()['props']  # nor a reload's
