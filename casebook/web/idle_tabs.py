@@ -25,7 +25,7 @@ from nicegui.dependencies import JsComponent
 from nicegui.outbox import Deleted, Outbox, deleted
 
 PING_INTERVAL = 20.0  # seconds between engine.io pings: socket.io's own default is 25 (deploy/nginx.conf relies on it)
-PING_TIMEOUT = 10.0  # seconds a ping may wait for its answer before the connection counts as gone
+PING_TIMEOUT = 20.0  # seconds a ping may wait for its answer; engine.io also walks its sockets once in this time
 
 # NiceGUI's Outbox.loop that `_quiet_loop` repeats but for the wait. Another version's loop may differ: then
 # nothing is replaced (and tests/web/test_idle_tabs.py says so), until the copy below is checked against it.
