@@ -9,8 +9,9 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from casebook import db
 from casebook.config import load_settings
-from casebook.db import Database, alembic_config, run_on_own_loop
+from casebook.db import DATABASE_ERRORS, Database, alembic_config, run_on_own_loop
 from tests import postgres
 
 
@@ -80,3 +81,35 @@ async def schema(url: str) -> tuple[str, int, int]:
             )
     finally:
         await database.dispose()
+
+
+async def test_a_dead_pooled_connection_is_replaced_or_reported_never_pinged_when_just_used(
+    postgres_server: postgres.PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping before a unit of work on a connection used a moment ago; one idle a while is pinged first."""
+    name = await postgres_server.take()
+    database = Database(postgres_server.url(name))
+
+    def backend_pid(session) -> int:
+        return session.execute(text('SELECT pg_backend_pid()')).scalar_one()
+
+    async def end_backend(pid: int) -> None:
+        async with database.session() as session:
+            assert (await session.execute(text('SELECT pg_terminate_backend(:pid, 5000)'), {'pid': pid})).scalar_one()
+
+    try:
+        first = await database.run(backend_pid)
+        await end_backend(first)
+        monkeypatch.setattr(db, 'PING_IDLE_AFTER', 0.0)  # every connection counts as idle a while: pinged
+        second = await database.run(backend_pid)  # found dead by the ping, replaced before the unit ran
+        assert second != first
+
+        monkeypatch.setattr(db, 'PING_IDLE_AFTER', 3600.0)  # just used: handed out unchecked
+        await end_backend(second)
+        with pytest.raises(DATABASE_ERRORS):  # what the callers report as "the database could not be reached"
+            await database.run(backend_pid)
+        third = await database.run(backend_pid)  # the pool dropped the dead connection: the next unit reconnects
+        assert third not in (first, second)
+    finally:
+        await database.dispose()
+        postgres_server.drop_soon(name)
