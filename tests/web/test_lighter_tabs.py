@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 
 import nicegui
 from nicegui import core
 from nicegui.outbox import Outbox
 from nicegui.testing import User
 
-from casebook.web import idle_tabs
+from casebook.web import idle_tabs, runtime
 from casebook.web.message_list import MessageCard
-from tests.web.helpers import create_first_account, open_patient, send, should_see_message
+from casebook.web.notebook import Notebook
+from casebook.web.pages.composer import DRAFT_DELAY
+from tests.web.helpers import create_first_account, notebook_storage, open_patient, send, should_see_message
 
 
 def test_the_outbox_loop_replaced_is_the_one_installed() -> None:
@@ -88,3 +91,29 @@ async def test_a_send_scrolls_in_the_cards_own_update_and_only_once(user: User) 
     assert all('scroll' not in props for props in drawn[1:])  # no later one does (its date divider, say)
     assert not [data for kind, data in emitted if kind == 'run_javascript' and 'toNewest' in data.get('code', '')]
     assert 'scroll' not in first._to_dict()['props']  # nor a reload's
+
+
+async def test_a_send_slower_than_the_draft_pause_writes_no_draft_and_a_failed_one_keeps_it(user: User) -> None:
+    await create_first_account(user)
+    await open_patient(user, 'PAT1')
+    book = Notebook(notebook_storage(user))
+    blocker = sqlite3.connect(runtime.current().settings.data_dir / 'casebook.sqlite3', timeout=0)
+    blocker.execute('BEGIN EXCLUSIVE')  # the send waits for the write lock (up to the 5 s busy timeout)
+    try:
+        send(user, 'a slow note')
+        await asyncio.sleep(DRAFT_DELAY * 1.6)  # past the pause in typing: a draft would have been written
+        assert book.draft('PAT1') == ''  # the text being sent is not written as a draft meanwhile
+    finally:
+        blocker.rollback()
+    await should_see_message(user, 'a slow note')
+    await asyncio.sleep(DRAFT_DELAY * 1.2)
+    assert book.draft('PAT1') == ''
+
+    blocker.execute('BEGIN EXCLUSIVE')  # now longer than the busy timeout: the send fails
+    try:
+        send(user, 'written during the outage')
+        await user.should_see('Not saved', retries=120)
+        assert book.draft('PAT1') == 'written during the outage'  # kept at once, for a reload or another tab
+    finally:
+        blocker.rollback()
+        blocker.close()
