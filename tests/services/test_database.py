@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -113,3 +115,58 @@ async def test_a_dead_pooled_connection_is_replaced_or_reported_never_pinged_whe
     finally:
         await database.dispose()
         postgres_server.drop_soon(name)
+
+
+async def test_sqlite_units_take_turns_to_write_on_a_lock_of_ours_and_always_give_it_back(data_dir) -> None:
+    """A unit of work takes the writer lock at its first write and gives it back with its connection; reads go
+    on beside a writer; a second writer waits on the lock (not in SQLite's busy handler); a unit that fails
+    after writing gives the lock back too."""
+    data_dir.mkdir(parents=True)
+    database = Database(f'sqlite+aiosqlite:///{data_dir / "turns.sqlite3"}')
+    wrote, finish = threading.Event(), threading.Event()
+
+    def slow_writer(session) -> None:
+        session.execute(text("INSERT INTO probe (key, value) VALUES ('probe', 'one')"))
+        wrote.set()
+        finish.wait(10)
+        session.commit()
+
+    def second_writer(session) -> None:
+        session.execute(text("UPDATE probe SET value = 'two' WHERE key = 'probe'"))
+        session.commit()
+
+    def reader(session) -> int:
+        return session.execute(text('SELECT count(*) FROM probe')).scalar_one()
+
+    def failing_writer(session) -> None:
+        session.execute(text("INSERT INTO probe (key, value) VALUES ('doomed', 'x')"))
+        raise RuntimeError('after its write')
+
+    def create(session) -> None:
+        session.execute(text('CREATE TABLE probe (key TEXT PRIMARY KEY, value TEXT)'))
+        session.commit()
+
+    try:
+        assert database.writer is not None
+        await database.run(create)
+        assert not database.writer.locked()
+        first = asyncio.ensure_future(database.run(slow_writer))
+        await asyncio.get_running_loop().run_in_executor(None, wrote.wait, 10)
+        assert database.writer.locked()
+        await database.run(reader)  # a read is not held up by the writer
+        second = asyncio.ensure_future(database.run(second_writer))
+        await asyncio.sleep(0.2)
+        assert not second.done()  # waiting its turn
+        finish.set()
+        await first
+        await second
+        assert not database.writer.locked()
+        with pytest.raises(RuntimeError):
+            await database.run(failing_writer)
+        assert not database.writer.locked()  # given back with the connection, the write rolled back
+        assert await database.run(reader) == 1  # the failed unit's row is not there
+        await database.run(second_writer)  # and the next writer gets it
+        assert not database.writer.locked()
+    finally:
+        finish.set()
+        await database.dispose()
