@@ -141,9 +141,9 @@ def proc_io(pid: int) -> dict[str, int]:
     return values
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    text = Path(f'/proc/{pid}/stat').read_text()
+def proc_cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """utime + stime of a process (or of its main thread alone: the event loop's), in seconds."""
+    text = Path(f'/proc/{pid}/task/{pid}/stat' if main_thread else f'/proc/{pid}/stat').read_text()
     fields = text[text.rindex(')') + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 

@@ -435,7 +435,7 @@ async def _client_life(
     go: asyncio.Event,
     stop_at: list[float],
     stats: Stats,
-    interval: float = SEND_INTERVAL,
+    interval: float | None = SEND_INTERVAL,
 ) -> bool:
     try:
         async with ramp:
@@ -446,6 +446,8 @@ async def _client_life(
         return False
     ready.set()
     await go.wait()
+    if interval is None:  # idle: connected, sending nothing
+        return True
     await asyncio.sleep(random.uniform(0, interval))  # spread the clients over the interval
     sequence = 0
     next_at = time.monotonic()
@@ -477,7 +479,15 @@ async def _ramped(clients: list[Client], stats: Stats, started: float) -> None:
 
 
 async def run_once(
-    count: int, *, duration: float, form: bool, profile: bool = False, gc_threshold2: int | None = None
+    count: int,
+    *,
+    duration: float,
+    form: bool,
+    profile: bool = False,
+    gc_threshold2: int | None = None,
+    interval: float = SEND_INTERVAL,
+    idle_seconds: float = 10.0,
+    name: str = 'load',
 ) -> dict:
     secret = secrets.token_urlsafe(32)
     data_dir = work_dir(f'load-{count}') / 'data'
@@ -492,7 +502,8 @@ async def run_once(
         'clients': count,
         'duration_s': duration,
         'sign_in': 'form' if form else 'preset',
-        'send_interval_s': SEND_INTERVAL,
+        'send_interval_s': interval or None,
+        'idle_seconds': idle_seconds,
     }
     with server:
         async with tab_session(CONNECT_TIMEOUT) as http:
@@ -500,7 +511,10 @@ async def run_once(
             ramp, ready, go = asyncio.Semaphore(RAMP_CONCURRENCY), asyncio.Event(), asyncio.Event()
             stop_at = [float('inf')]
             ramp_started = time.perf_counter()
-            lives = [asyncio.create_task(_client_life(c, form, ramp, ready, go, stop_at, stats)) for c in clients]
+            lives = [
+                asyncio.create_task(_client_life(c, form, ramp, ready, go, stop_at, stats, interval or None))
+                for c in clients
+            ]
             await _ramped(clients, stats, ramp_started)
             await asyncio.sleep(1)
             connected = sum(c.ws is not None and not c.ws.closed for c in clients)
@@ -509,19 +523,31 @@ async def run_once(
             log(f'load: {connected}/{count} connected in {result["ramp_s"]} s; sending for {duration:.0f} s')
             result['memory_mib_connected_idle'] = proc_status(server.pid)
             await asyncio.sleep(3)
+            idle_profile = RESULTS / f'profile-{name}-{count}-idle.txt'
+            spy = start_profile(server.pid, idle_seconds, idle_profile) if profile else None
             idle_cpu, idle_started = proc_cpu_seconds(server.pid), time.perf_counter()
-            await asyncio.sleep(10)
-            idle_seconds = time.perf_counter() - idle_started
-            result['server_cpu_percent_idle'] = round((proc_cpu_seconds(server.pid) - idle_cpu) / idle_seconds * 100, 1)
+            idle_main = proc_cpu_seconds(server.pid, main_thread=True)
+            await asyncio.sleep(idle_seconds)
+            idle_elapsed = time.perf_counter() - idle_started
+            idle_cpu = proc_cpu_seconds(server.pid) - idle_cpu
+            idle_main = proc_cpu_seconds(server.pid, main_thread=True) - idle_main
+            result['server_cpu_percent_idle_main_thread'] = round(idle_main / idle_elapsed * 100, 2)
+            result['server_cpu_percent_idle'] = round(idle_cpu / idle_elapsed * 100, 2)
+            result['server_cpu_percent_idle_per_tab'] = round(idle_cpu / idle_elapsed * 100 / max(1, connected), 5)
+            if spy is not None:
+                spy.wait(timeout=60)
+                result['profile_idle'] = profile_summary(idle_profile, max(1, connected))
             stats.latencies_ms.clear()
             stats.timeline.clear()
             cpu_before, usage_before = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+            main_before = proc_cpu_seconds(server.pid, main_thread=True)
             load_before = load_average()
             started = time.perf_counter()
             result['_started'] = started
             stop_at[0] = time.monotonic() + duration
             go.set()
-            spy = start_profile(server.pid, duration, RESULTS / f'profile-load-{count}.txt') if profile else None
+            send_profile = RESULTS / f'profile-{name}-{count}.txt'
+            spy = start_profile(server.pid, duration, send_profile) if profile else None
             rss_samples = []
             while time.monotonic() < stop_at[0]:
                 await asyncio.sleep(1)
@@ -529,14 +555,26 @@ async def run_once(
             await asyncio.wait(lives, timeout=ACK_TIMEOUT + SEND_INTERVAL + 5)
             elapsed = time.perf_counter() - started
             cpu_after, usage_after = proc_cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+            main_after = proc_cpu_seconds(server.pid, main_thread=True)
             result['load_average'] = {'before': load_before, 'after': load_average()}
             result['server_cpu_percent_of_one_core'] = round((cpu_after - cpu_before) / elapsed * 100, 1)
+            result['server_cpu_seconds'] = round(cpu_after - cpu_before, 2)
+            result['server_cpu_ms_per_send_beyond_idle'] = (
+                round((cpu_after - cpu_before - idle_cpu / idle_elapsed * elapsed) * 1000 / stats.sent, 2)
+                if stats.sent
+                else None
+            )
+            result['server_cpu_ms_per_send_beyond_idle_main_thread'] = (
+                round((main_after - main_before - idle_main / idle_elapsed * elapsed) * 1000 / stats.sent, 2)
+                if stats.sent
+                else None
+            )
             generator_cpu = sum(getattr(usage_after, f) - getattr(usage_before, f) for f in ('ru_utime', 'ru_stime'))
             result['generator_cpu_percent_of_one_core'] = round(generator_cpu / elapsed * 100, 1)
             result['memory_mib'] = {**proc_status(server.pid), 'VmRSS_max_during_run': max(rss_samples or [0])}
             if spy is not None:
                 spy.wait(timeout=60)
-                result['profile'] = profile_summary(RESULTS / f'profile-load-{count}.txt', max(1, stats.sent))
+                result['profile'] = profile_summary(send_profile, max(1, stats.sent))
             for task in lives:
                 task.cancel()
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -574,14 +612,10 @@ def _slowest_seconds(timeline: list[tuple[float, float]], started: float, top: i
     ]
 
 
-def run(
-    counts: list[int], *, duration: float, form: bool, profile: bool = False, gc_threshold2: int | None = None
-) -> dict:
+def run(counts: list[int], **options) -> dict:
     results = {'machine': machine(), 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'runs': []}
     for count in counts:
-        results['runs'].append(
-            asyncio.run(run_once(count, duration=duration, form=form, profile=profile, gc_threshold2=gc_threshold2))
-        )
+        results['runs'].append(asyncio.run(run_once(count, **options)))
     results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
     return results
 
@@ -620,6 +654,20 @@ def main() -> None:
         metavar='N',
         help="experiment: start the server with CPython's generation-2 GC threshold raised to N (default 10)",
     )
+    parser.add_argument(
+        '--send-interval',
+        type=float,
+        default=SEND_INTERVAL,
+        metavar='S',
+        help=f"seconds between one client's sends (default {SEND_INTERVAL:.0f}); 0: the tabs stay idle",
+    )
+    parser.add_argument(
+        '--idle-seconds',
+        type=float,
+        default=10.0,
+        metavar='S',
+        help='seconds of the idle measurement (all tabs connected, none sending) before the sends (default 10)',
+    )
     parser.add_argument('--name', default='load', help='results file bench/results/NAME.json')
     args = parser.parse_args()
     results = run(
@@ -628,6 +676,9 @@ def main() -> None:
         form=args.sign_in == 'form',
         profile=args.profile,
         gc_threshold2=args.server_gc_threshold2,
+        interval=args.send_interval,
+        idle_seconds=args.idle_seconds,
+        name=args.name,
     )
     path = write_result(args.name, results)
     print(table(results))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +32,68 @@ MIGRATION_LOCK = 0x63617365626F6F6B
 
 MIGRATIONS_DIR = Path(__file__).parent / 'migrations'
 DATABASE_ERRORS = (SQLAlchemyError, OSError)  # what the callers treat as "the database could not be reached"
+
+
+PING_IDLE_AFTER = 10.0  # seconds: a pooled server connection unused this long is pinged before it is handed out
+
+
+def _ping_when_idle(engine: Any) -> None:
+    """Check a database server's pooled connection before use only when it has lain unused a while.
+
+    SQLAlchemy's `pool_pre_ping` sends a ping before every unit of work: under load (a send every few
+    milliseconds per connection) one more round trip each time, on connections that were in use a moment ago.
+    A connection that died while in use (the server restarted, a backend was ended) fails its unit, which the
+    caller reports as the database unreachable (the user is told, Send can be pressed again); SQLAlchemy then
+    drops every connection of the pool older than that failure, so the next unit connects afresh. One found
+    dead by the ping here is replaced before the unit starts (the pool tries again with a new connection).
+    """
+    dialect = engine.dialect
+
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info['returned_at'] = time.monotonic()
+
+    def handed_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get('returned_at')
+        if returned_at is None or time.monotonic() - returned_at < PING_IDLE_AFTER:
+            return  # new, or in use a moment ago
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as error:  # whatever the driver raises for a dead connection
+            raise DisconnectionError(f'pooled connection dead: {type(error).__name__}') from error
+        if alive is False:
+            raise DisconnectionError('pooled connection dead')
+
+    event.listen(engine, 'checkin', returned)
+    event.listen(engine, 'checkout', handed_out)
+
+
+_READS = ('SELECT', 'PRAGMA')  # statements that never write; any other takes the writer lock
+
+
+def _one_writer_at_a_time(engine: Any) -> threading.Lock:
+    """SQLite's writers take turns on a lock of ours, in the order they come, instead of in its busy handler.
+
+    SQLite admits one writer; a second one waits in its busy handler, which sleeps 1, 2, 5, 10, … up to 100 ms
+    between tries whatever the holder does. With the database threads all sending, a send waited tens of
+    milliseconds for a lock held a fraction of one. Here a unit of work takes this process's writer lock at its
+    first write and gives it back when its connection returns to the pool (its transaction ended by then);
+    units that only read never take it. Other processes (the command line) still meet the busy handler.
+    """
+    writer = threading.Lock()
+
+    def before(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        info = connection.connection.info  # the pooled connection's: survives across this unit's statements
+        if not info.get('writer') and not statement.lstrip()[:6].upper().startswith(_READS):
+            writer.acquire()
+            info['writer'] = True
+
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        if record.info.pop('writer', False):
+            writer.release()
+
+    event.listen(engine, 'before_cursor_execute', before)
+    event.listen(engine, 'checkin', returned)
+    return writer
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -57,15 +120,17 @@ class Database:
             url,
             echo=echo,
             hide_parameters=True,  # a failed statement's error (and so the log) never holds message text or names
-            pool_pre_ping=not sqlite,
             # Sessions always end their transactions themselves (commit, or rollback on close), so SQLite's
             # extra rollback when a connection goes back to the pool only costs a trip to aiosqlite's thread.
             pool_reset_on_return=None if sqlite else 'rollback',
             **{name: value for name, value in sizing.items() if value is not None},
         )
         self._threaded: sessionmaker[Session] | None = None
+        self.writer: threading.Lock | None = None  # SQLite: the units of work's turn to write
         self._threaded_engine = None
         self._executor: ThreadPoolExecutor | None = None
+        if not sqlite:
+            _ping_when_idle(self.engine.sync_engine)
         if self.engine.dialect.name == 'sqlite':
             event.listen(self.engine.sync_engine, 'connect', _sqlite_pragmas)
             # The hot path (a send) runs as one unit of work in a thread of ours, on the plain sqlite3 driver:
@@ -78,6 +143,7 @@ class Database:
                 connect_args={'check_same_thread': False},  # a pooled connection serves one thread at a time
             )
             event.listen(threaded, 'connect', _sqlite_pragmas)
+            self.writer = _one_writer_at_a_time(threaded)
             self._threaded = sessionmaker(threaded, expire_on_commit=False)
             self._executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix='casebook-db')
         elif self.engine.dialect.name == 'postgresql':
@@ -92,8 +158,8 @@ class Database:
                 hide_parameters=True,
                 pool_size=threads,
                 max_overflow=0,  # one connection per database thread
-                pool_pre_ping=True,
             )
+            _ping_when_idle(threaded)
             self._threaded = sessionmaker(threaded, expire_on_commit=False)
             self._executor = ThreadPoolExecutor(threads, thread_name_prefix='casebook-db')
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -17,6 +17,15 @@ export default {
     text: String,
     messageId: Number,
     day: String, // set on the first message of a day on screen: the date divider drawn above it
+    scroll: String, // "newest": scroll the page to the newest message once this card is on it (the tab's own send)
+  },
+  mounted() {
+    if (this.scroll === "newest") window.casebookScroll?.toNewest();
+  },
+  watch: {
+    scroll(value) {
+      if (value === "newest") window.casebookScroll?.toNewest(); // drawn already (another tab's copy came first)
+    },
   },
   render() {
     const article = h("div", { role: "article", class: "casebook-message" }, [

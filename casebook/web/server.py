@@ -13,7 +13,7 @@ from casebook.config import Settings
 from casebook.db import Database, migrate_blocking
 from casebook.live import LocalHub, RedisHub
 from casebook.services.throttle import SharedThrottle
-from casebook.web import auth, downloads, lifecycle, oidc, operations, runtime
+from casebook.web import auth, downloads, idle_tabs, lifecycle, oidc, operations, runtime
 from casebook.web.headers import SecurityHeadersMiddleware
 from casebook.web.pages import accounts, admin, workspace
 
@@ -64,6 +64,7 @@ def build(settings: Settings) -> None:
     operations.install(app, settings)  # /healthz, /readyz, /metrics: outside the session and storage middleware
     app.add_middleware(SecurityHeadersMiddleware, https=settings.https)
     guard_socket_events()
+    idle_tabs.install()
     app.colors(primary='#1d4ed8')  # Quasar's default blue is below WCAG AA contrast with white text
     # Quasar's loading bar would show on every request the page makes, as a progress bar without a name
     # (axe: serious); a chat's requests are short, and the page says itself what it is waiting for
@@ -171,5 +172,6 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
             uvicorn_logging_level='warning',
             log_config=None,
             access_log=False,
+            **idle_tabs.uvicorn_options(),
             **run_options(settings),
         )

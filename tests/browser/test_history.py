@@ -66,6 +66,25 @@ def test_scrolling_up_loads_older_pages_and_keeps_the_reading_position(server, n
     me.assert_clean()
 
 
+def test_ones_own_send_scrolls_to_it_from_far_up_and_a_reload_does_not_scroll_again(server, new_visitor):
+    me = new_visitor()
+    me.create_first_account(ALICE, ALICE_NAME)
+    seed(server.data_dir, 'PAT1', 60)
+    me.open_patient('PAT1', ALICE_NAME)
+    expect(me.message('message number 59')).to_be_in_viewport()
+    me.message('message number 12').scroll_into_view_if_needed()
+    expect(me.message('message number 59')).not_to_be_in_viewport()
+    me.composer.fill('my own newest note')
+    me.page.get_by_role('button', name='Send').click()
+    expect(me.message('my own newest note')).to_be_in_viewport()  # scrolled there by the card as it was drawn
+    me.page.reload()
+    expect(me.message('my own newest note')).to_be_in_viewport()  # the workspace opens at the newest
+    me.message('message number 40').scroll_into_view_if_needed()
+    me.page.wait_for_timeout(300)
+    expect(me.message('my own newest note')).not_to_be_in_viewport()  # and nothing pulls it back down
+    me.assert_clean()
+
+
 def test_a_second_tab_shows_a_new_message_without_reload(server, new_visitor):
     me = new_visitor()
     me.create_first_account(ALICE, ALICE_NAME)
