@@ -43,6 +43,8 @@ from bench.common import default_limits, load_average, log, machine, postgres_ad
 from casebook.db import Database
 from casebook.services import accounts, conversations, sessions
 
+STARTUP_TIMEOUT = 120.0  # seconds for every writer process to start and connect (a busy 2-core machine)
+
 
 async def _prepare(url: str, writers: int) -> list[tuple[str, int, int]]:
     """A clinician, a signed-in session and a conversation per writer: (session token, clinician id, conversation)."""
@@ -83,15 +85,21 @@ def _send(session: Session, token: str, clinician_id: int, conversation_id: int,
     )
 
 
-def _writer(url: str, token: str, clinician_id: int, conversation_id: int, start_at: float, stop_at: float, results):
-    """Sends until `stop_at`; puts (latencies of the sends finished by then, sends finished after it) or an error."""
+def _writer(url: str, token: str, clinician_id: int, conversation_id: int, ready, go, window, results):
+    """Connects, says it is `ready`, waits for `go`, then sends within `window` (start, stop: time.time()); puts
+    (latencies of the sends finished by the stop, sends finished after it) or an error."""
     engine = create_engine(make_url(url).set(drivername='postgresql+psycopg'), pool_size=1, max_overflow=0)
     limits = default_limits()
     latencies, late, sequence = [], 0, 0
     outcome: tuple[list[float], int] | str
     try:
+        with engine.connect():  # connected before the clock runs (the pool keeps the connection)
+            pass
+        ready.put(clinician_id)
+        go.wait()
+        start_at, stop_at = window[0], window[1]
         while time.time() < start_at:
-            time.sleep(0.01)
+            time.sleep(0.001)
         while time.time() < stop_at:
             started = time.perf_counter()
             with Session(engine, expire_on_commit=False) as session:
@@ -136,17 +144,22 @@ def run_once(writers: int, duration: float) -> dict:
     try:
         prepared = asyncio.run(_prepare(url, writers))
         context = multiprocessing.get_context('spawn')
-        results = context.Queue()
-        start_at = time.time() + 3  # every process started and connected before the clock runs
-        stop_at = start_at + duration
+        results, ready, go = context.Queue(), context.Queue(), context.Event()
+        window = context.Array('d', 2)  # start and stop (time.time()), set once every writer is connected
         processes = [
-            context.Process(target=_writer, args=(url, *writer, start_at, stop_at, results)) for writer in prepared
+            context.Process(target=_writer, args=(url, *writer, ready, go, window, results)) for writer in prepared
         ]
         for process in processes:
             process.start()
+        for _ in processes:  # the clock runs only once every process is started and connected
+            ready.get(timeout=STARTUP_TIMEOUT)
+        start_at = time.time() + 0.05
+        stop_at = start_at + duration
+        window[0], window[1] = start_at, stop_at
+        go.set()
         load_before = load_average()
         while time.time() < start_at:
-            time.sleep(0.01)
+            time.sleep(0.001)
         samples, waiting = _lock_waits(url, stop_at)
         outcomes = [results.get(timeout=duration + 60) for _ in processes]
         for process in processes:
@@ -155,6 +168,8 @@ def run_once(writers: int, duration: float) -> dict:
         if failures:
             raise RuntimeError(f'{len(failures)} writers failed, the first: {failures[0]}')
         latencies = [value for outcome in outcomes for value in outcome[0]]
+        if not latencies:
+            raise RuntimeError(f'{writers} writers finished no send within the {duration:g} s measured')
         result = {
             'writers': writers,
             'duration_s': duration,

@@ -435,21 +435,23 @@ def verify_sync(session: Session) -> Verdict:
     count, walks = 0, {chain: ChainWalk(chain, head[2]) for chain, head in heads.items()}
     # plain rows, not ORM objects: a restored million-row trail is verified in seconds, not half a minute
     query = select(*_COLUMNS).order_by(_EVENTS.c.chain, _EVENTS.c.seq).execution_options(yield_per=2000)
-    for values in session.execute(query):
-        row = Row(*values)
-        walk = walks.get(row.chain)
-        if walk is None:
-            return Verdict(False, count, f'audit row {row.seq} is in chain {row.chain}, which does not exist')
-        entry = Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
+    # closed on every way out: an early verdict leaves no server-side cursor open (PostgreSQL) to be collected later
+    with session.execute(query) as result:
+        for values in result:
+            row = Row(*values)
+            walk = walks.get(row.chain)
+            if walk is None:
+                return Verdict(False, count, f'audit row {row.seq} is in chain {row.chain}, which does not exist')
+            entry = Entry(row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail)
 
-        def hash_as(legacy: bool, row: Row = row, entry: Entry = entry) -> str:
-            if legacy:
-                return legacy_row_hash(row.seq, row.at, entry, row.prev_hash)
-            return row_hash(row.chain, row.seq, row.at, entry, row.prev_hash)
+            def hash_as(legacy: bool, row: Row = row, entry: Entry = entry) -> str:
+                if legacy:
+                    return legacy_row_hash(row.seq, row.at, entry, row.prev_hash)
+                return row_hash(row.chain, row.seq, row.at, entry, row.prev_hash)
 
-        if problem := walk.add(row.seq, row.prev_hash, row.hash, hash_as):
-            return Verdict(False, count, problem)
-        count += 1
+            if problem := walk.add(row.seq, row.prev_hash, row.hash, hash_as):
+                return Verdict(False, count, problem)
+            count += 1
     for chain, walk in walks.items():
         if problem := walk.end(*heads[chain]):
             return Verdict(False, count, problem)
