@@ -24,7 +24,7 @@ if __package__ in (None, ''):
 
 from bench.common import CACHE, DISPLAY_NAME, PASSWORD, USERNAME, casebook_cli, has_import_command, log
 
-SEED_VERSION = 1  # bump when what is seeded changes; cached data dirs of another version are seeded anew
+SEED_VERSION = 2  # bump when what is seeded changes (2: support.PASSWORD); other versions are seeded anew
 SEEDS = CACHE / 'seed'
 START = datetime(2024, 1, 1, tzinfo=UTC)
 STEP = timedelta(seconds=30)
