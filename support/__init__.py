@@ -213,3 +213,22 @@ def casebook_serve(data_dir: Path, log_path: Path, *, command: list[str] | None 
         log_path=log_path,
         **kwargs,
     )
+
+
+# ----- data written through the app's own services ----------------------------------------------------------------
+
+
+async def seed_messages(database, username: str, patient_id: str, texts: list[str]) -> None:
+    """`texts`, in order, as `username`'s messages about `patient_id`, written through the services into `database`
+    (a `casebook.db.Database`: the running app's, or one opened on a served app's data dir)."""
+    import uuid
+
+    from casebook.services import accounts, conversations
+
+    async with database.session() as session:
+        clinician = await accounts.find_by_username(session, username)
+        conversation = await conversations.open_conversation(session, clinician=clinician, patient_id=patient_id)
+        for text in texts:
+            await conversations.post_message(
+                session, clinician=clinician, conversation_id=conversation.id, client_id=str(uuid.uuid4()), text=text
+            )

@@ -68,3 +68,20 @@ def test_sends_interrupted_by_a_reload_are_counted_and_fail_even_a_quick_run() -
     ]
     assert run_all.exit_code(report) == 1
     assert '(without 2 of 3: page reloaded)' in browser_timing.table(timing)
+
+
+def test_the_lesson_baseline_losing_sends_is_a_finding_not_a_failed_run() -> None:
+    """The lesson's design reloads its own page under a long history (what Casebook was built to avoid): the full
+    run reports it and still passes; the same in a Casebook row fails."""
+    counted = {'sends_timed': 30, 'sends_with_page_reload': 4, 'sends_lost': 4}
+    baseline = {**_row(20_000, 4_000.0, **counted), 'app': 'lesson baseline'}
+    timing = {'casebook': [_row(0, 12.0), _row(10_000, 13.0), _row(1_000_000, 14.5)], 'baseline': [baseline]}
+    report = _report(timing)
+    assert report['problems'] == []
+    assert run_all.findings(timing) == [
+        'lesson baseline: lesson baseline at 20,000: 4 of 30 timed sends interrupted by a page reload, left out of '
+        'the median (4 never shown)'
+    ]
+    assert run_all.exit_code(report) == 0
+    timing['casebook'][1] = _row(10_000, 13.0, **counted)
+    assert run_all.exit_code(_report(timing)) == 1

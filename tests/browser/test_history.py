@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-import uuid
 
 import pytest
 from playwright.sync_api import expect
 
 from casebook.db import Database
-from casebook.services import accounts, conversations
+from support import seed_messages
 
 pytestmark = pytest.mark.browser
 
 ALICE, ALICE_NAME = 'alice', 'Dr. Alice'
+# true once the page has not scrolled for 300 ms (polled every animation frame)
+SCROLL_SETTLED = """() => {
+  const now = performance.now();
+  if (window.casebookLastY !== window.scrollY) { window.casebookLastY = window.scrollY; window.casebookSince = now; }
+  return now - window.casebookSince > 300;
+}"""
 
 
 def seed(data_dir, patient_id: str, count: int) -> None:
@@ -24,17 +29,7 @@ def seed(data_dir, patient_id: str, count: int) -> None:
     async def write() -> None:
         database = Database(f'sqlite+aiosqlite:///{data_dir / "casebook.sqlite3"}')
         try:
-            async with database.session() as session:
-                alice = await accounts.find_by_username(session, ALICE)
-                conversation = await conversations.open_conversation(session, clinician=alice, patient_id=patient_id)
-                for n in range(count):
-                    await conversations.post_message(
-                        session,
-                        clinician=alice,
-                        conversation_id=conversation.id,
-                        client_id=str(uuid.uuid4()),
-                        text=f'message number {n}',
-                    )
+            await seed_messages(database, ALICE, patient_id, [f'message number {n}' for n in range(count)])
         finally:
             await database.dispose()
 
@@ -79,6 +74,7 @@ def test_ones_own_send_scrolls_to_it_from_far_up_and_a_reload_does_not_scroll_ag
     expect(me.message('my own newest note')).to_be_in_viewport()  # scrolled there by the card as it was drawn
     me.page.reload()
     expect(me.message('my own newest note')).to_be_in_viewport()  # the workspace opens at the newest
+    me.page.wait_for_function(SCROLL_SETTLED)  # the opening's own scrolling done, so what follows is the page's
     me.message('message number 40').scroll_into_view_if_needed()
     me.page.wait_for_timeout(300)
     expect(me.message('my own newest note')).not_to_be_in_viewport()  # and nothing pulls it back down

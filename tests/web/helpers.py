@@ -7,6 +7,7 @@ import asyncio
 from nicegui import app, background_tasks, ui
 from nicegui.testing import User
 
+from casebook.services import sessions
 from casebook.web import runtime
 from casebook.web.message_list import MessageCard
 from tests.conftest import PASSWORD, add_clinician
@@ -90,3 +91,10 @@ async def handlers_done(*handlers: str) -> None:
     while busy := running():
         assert loop.time() < deadline, f'handlers still running after {HANDLERS_TIMEOUT} s: {busy}'
         await asyncio.sleep(0.01)
+
+
+async def still_signed_in(token: str) -> bool:
+    """Whether this session token still signs its tab in (looked up without touching its last-seen time)."""
+    rt = runtime.current()
+    async with rt.database.session() as session:
+        return await sessions.resolve(session, token, max_age=rt.session_max_age, touch=False) is not None

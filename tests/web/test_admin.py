@@ -13,7 +13,7 @@ from casebook.models import AuditEvent
 from casebook.services import accounts, sessions
 from casebook.web import runtime
 from tests.conftest import PASSWORD
-from tests.web.helpers import add, create_first_account, handlers_done, log_in
+from tests.web.helpers import add, create_first_account, handlers_done, log_in, still_signed_in
 
 
 async def actions() -> list[str]:
@@ -25,12 +25,6 @@ async def session_of(username: str) -> str:
     async with runtime.current().database.session() as session:
         clinician = await accounts.find_by_username(session, username)
         return await sessions.start(session, clinician_id=clinician.id)
-
-
-async def alive(token: str) -> bool:
-    rt = runtime.current()
-    async with rt.database.session() as session:
-        return await sessions.resolve(session, token, max_age=rt.session_max_age, touch=False) is not None
 
 
 def buttons(user: User, label: str) -> list[ui.button]:
@@ -106,7 +100,7 @@ async def test_an_admin_demoted_meanwhile_can_do_nothing_more(user: User) -> Non
 
     assert not [e for e in page.elements.values() if isinstance(e, ui.dialog)], 'a dialog was opened'
     assert [row['action'] for row in table.rows] == shown_before
-    assert await alive(bob_token)
+    assert await still_signed_in(bob_token)
     async with runtime.current().database.session() as session:
         assert await accounts.authenticate(session, username='bob', password=PASSWORD) is not None
         assert (await accounts.find_by_username(session, 'bob')).role == 'doctor'
@@ -131,7 +125,7 @@ async def test_add_disable_reset_and_change_role(user: User) -> None:
     bob_token = await session_of('bob')
     user.find(kind=ui.button, content='Disable').click()
     await user.should_see('bob disabled; 1 session ended.')
-    assert not await alive(bob_token)
+    assert not await still_signed_in(bob_token)
     async with runtime.current().database.session() as session:
         assert await accounts.authenticate(session, username='bob', password=PASSWORD) is None
     user.find(kind=ui.button, content='Enable').click()
@@ -144,7 +138,7 @@ async def test_add_disable_reset_and_change_role(user: User) -> None:
     in_dialog = [button for button in buttons(user, 'Reset password') if button not in rows_buttons]
     UserInteraction(user, set(in_dialog), None).click()
     await user.should_see('Password of bob reset.')
-    assert not await alive(bob_token)
+    assert not await still_signed_in(bob_token)
     async with runtime.current().database.session() as session:
         assert await accounts.authenticate(session, username='bob', password='a phrase for the night shift') is not None
     assert ['admin-add-clinician', 'admin-disable', 'admin-enable', 'admin-reset-password'] == [

@@ -12,6 +12,7 @@ from nicegui.testing.user_interaction import UserInteraction
 from casebook.services import accounts, conversations
 from casebook.web import runtime
 from casebook.web.message_list import MAX_SHOWN, MessageCard
+from support import seed_messages
 from tests.web.helpers import (
     create_first_account,
     handlers_done,
@@ -24,17 +25,7 @@ from tests.web.helpers import (
 
 async def seed(patient_id: str, count: int, username: str = 'ada') -> None:
     """Messages m0 … m{count-1} in the clinician's conversation, written through the service."""
-    async with runtime.current().database.session() as session:
-        clinician = await accounts.find_by_username(session, username)
-        conversation = await conversations.open_conversation(session, clinician=clinician, patient_id=patient_id)
-        for n in range(count):
-            await conversations.post_message(
-                session,
-                clinician=clinician,
-                conversation_id=conversation.id,
-                client_id=str(uuid.uuid4()),
-                text=f'm{n}',
-            )
+    await seed_messages(runtime.current().database, username, patient_id, [f'm{n}' for n in range(count)])
 
 
 async def scroll_to_top(user: User) -> None:

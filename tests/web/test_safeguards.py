@@ -14,7 +14,7 @@ from casebook.models import AuditEvent
 from casebook.services import accounts, sessions
 from casebook.web import runtime
 from tests.conftest import PASSWORD
-from tests.web.helpers import add, create_first_account, log_in, open_patient, send, should_see_message
+from tests.web.helpers import add, create_first_account, log_in, open_patient, send, should_see_message, still_signed_in
 
 
 async def audit_rows() -> list[AuditEvent]:
@@ -93,12 +93,6 @@ async def another_device(username: str) -> str:
     async with runtime.current().database.session() as session:
         clinician = await accounts.find_by_username(session, username)
         return await sessions.start(session, clinician_id=clinician.id, user_agent=PHONE, address='10.1.2.3')
-
-
-async def still_signed_in(token: str) -> bool:
-    rt = runtime.current()
-    async with rt.database.session() as session:
-        return await sessions.resolve(session, token, max_age=rt.session_max_age, touch=False) is not None
 
 
 PHONE = 'Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Safari/604.1'
