@@ -75,8 +75,8 @@ from bench.load import (
     _ramped,
     tab_session,
 )
+from support import REDIS_URL
 
-REDIS_URL = 'redis://127.0.0.1:6379/0'
 CLUSTER = ROOT / 'deploy' / 'cluster'
 READY_TIMEOUT = 180.0
 

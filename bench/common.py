@@ -13,9 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ''):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from support import (  # noqa: F401 (the benchmarks take these from here, with what only they need)
     CASEBOOK,
     CHROMIUM,

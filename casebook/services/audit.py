@@ -517,8 +517,18 @@ async def export_csv(session: AsyncSession, **filters) -> AsyncIterator[str]:
 
 def _csv_values(row: Row) -> tuple:
     at = row.at.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')
-    values = (row.seq, at, row.action, row.actor_id, row.actor, row.patient_id, row.address, row.detail, row.hash)
-    values += (row.chain,)
+    values = (
+        row.seq,
+        at,
+        row.action,
+        row.actor_id,
+        row.actor,
+        row.patient_id,
+        row.address,
+        row.detail,
+        row.hash,
+        row.chain,
+    )
     return tuple(_defuse(value) for value in values)
 
 

@@ -39,7 +39,7 @@ class Served(support.Server):
             stop_timeout=STOP_TIMEOUT,
             announce=False,  # the output is the app's own (JSON lines in some tests)
         )
-        self.stdout_path, self.stderr_path = self.log_path, directory / 'serve.stderr'
+        self.stdout_path = self.log_path
 
     def start(self) -> Served:
         if not CASEBOOK.exists():
